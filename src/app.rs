@@ -1,0 +1,156 @@
+//! Builds the backends from config, starts the HTTP server, and stops everything in
+//! order: stop accepting, tell every client to reconnect elsewhere, drain, exit.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::{web, App, HttpServer};
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiState};
+use crate::auth::Verifier;
+use crate::broker::memory::MemoryBroker;
+use crate::config::Config;
+use crate::gateway::{self, GatewayState};
+use crate::node::Node;
+use crate::presence::memory::MemoryPresence;
+use crate::protocol::codes;
+
+fn random_secret() -> String {
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect()
+}
+
+/// Fills an empty API key or HMAC secret with a random one, so Herald never runs with
+/// an empty secret. Returns lines to show the operator once.
+pub fn fill_missing_secrets(config: &mut Config) -> Vec<String> {
+    let mut notes = Vec::new();
+    if config.api.key.is_empty() {
+        config.api.key = random_secret();
+        notes.push(format!(
+            "api.key was not set; generated for this run: {}",
+            config.api.key
+        ));
+    }
+    if config.auth.hmac_secret.is_empty() {
+        config.auth.hmac_secret = random_secret();
+        notes.push(format!(
+            "auth.hmac_secret was not set; generated for this run: {}",
+            config.auth.hmac_secret
+        ));
+    }
+    notes
+}
+
+/// Serves on `listener` until `shutdown` completes, then drains and returns.
+pub async fn run(
+    mut config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    fill_missing_secrets(&mut config);
+    let config = Arc::new(config);
+    let prometheus = crate::metrics::install();
+    metrics::gauge!(crate::metrics::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+
+    let node = Node::new(
+        config.clone(),
+        Arc::new(MemoryBroker::new()),
+        Arc::new(MemoryPresence::default()),
+    );
+    let verifier = Arc::new(
+        Verifier::new(&config.auth, &config.auth.hmac_secret).map_err(anyhow::Error::msg)?,
+    );
+    let stop = CancellationToken::new();
+    let gateway_state = GatewayState {
+        node: node.clone(),
+        verifier,
+        shutdown: stop.clone(),
+    };
+    let api_state = ApiState {
+        node: node.clone(),
+        api_key: Arc::from(config.api.key.as_str()),
+        prometheus,
+        shutdown: stop.clone(),
+    };
+
+    let addr = listener.local_addr()?;
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(gateway_state.clone()))
+            .app_data(web::Data::new(api_state.clone()))
+            .route("/connection/websocket", web::get().to(gateway::endpoint))
+            .route("/api", web::post().to(api::api_legacy))
+            .route("/api/{method}", web::post().to(api::api_method))
+            .route("/health", web::get().to(api::health))
+            .route("/ready", web::get().to(api::ready))
+            .route("/metrics", web::get().to(api::metrics_endpoint))
+    })
+    .disable_signals()
+    .shutdown_timeout(1);
+    if config.http.workers > 0 {
+        server = server.workers(config.http.workers);
+    }
+    let server = server.listen(listener)?.run();
+    let handle = server.handle();
+    let mut server_task = tokio::spawn(server);
+    tracing::info!(%addr, "herald listening");
+
+    tokio::select! {
+        r = &mut server_task => {
+            return match r {
+                Ok(res) => res.map_err(Into::into),
+                Err(e) => Err(anyhow::anyhow!("server task failed: {e}")),
+            };
+        }
+        _ = shutdown => {}
+    }
+
+    tracing::info!(
+        connections = node.num_conns(),
+        "shutting down: draining clients"
+    );
+    stop.cancel();
+    node.disconnect_all(codes::DISCONNECT_SHUTDOWN.into());
+    let deadline = Instant::now() + config.http.shutdown_timeout;
+    while node.num_conns() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = node.num_conns();
+    if left > 0 {
+        tracing::warn!(left, "drain timeout reached; closing remaining connections");
+    }
+    handle.stop(true).await;
+    let _ = server_task.await;
+    tracing::info!("herald stopped");
+    Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

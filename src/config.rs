@@ -1,0 +1,525 @@
+//! Typed configuration: compiled-in defaults, an optional file, then environment.
+//!
+//! Loading works on a TOML tree first so that every error can name the offending key:
+//! a key the defaults do not have is unknown, a value whose type differs from the
+//! default's is bad, and anything serde still rejects is reported with its path.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use toml::Value;
+
+/// The embedded defaults, also shipped as `config/herald.toml`.
+pub const DEFAULTS: &str = include_str!("../config/herald.toml");
+const ENV_PREFIX: &str = "HERALD_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {source}")]
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
+    #[error("unknown config key `{0}`")]
+    UnknownKey(String),
+    #[error("bad value for config key `{key}`: {reason}")]
+    BadValue { key: String, reason: String },
+}
+
+fn bad(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::BadValue {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub api: ApiConfig,
+    pub auth: AuthConfig,
+    pub client: ClientConfig,
+    pub channel: ChannelOptions,
+    #[serde(default)]
+    pub namespaces: Vec<Namespace>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub addr: String,
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_timeout: Duration,
+    pub workers: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub hmac_secret: String,
+    pub rsa_public_key: String,
+    pub ecdsa_public_key: String,
+    pub audience: String,
+    pub issuer: String,
+    pub allow_anonymous: bool,
+    pub personal_channel: bool,
+    pub personal_namespace: String,
+    #[serde(deserialize_with = "duration")]
+    pub expired_close_delay: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    #[serde(deserialize_with = "duration")]
+    pub ping_interval: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub pong_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    pub max_frame_bytes: usize,
+    pub max_channel_length: usize,
+    pub max_subscriptions: usize,
+    pub max_connections_per_user: usize,
+    pub command_rate: u32,
+    pub command_burst: u32,
+    pub outbound_queue_len: usize,
+    #[serde(deserialize_with = "duration")]
+    pub write_timeout: Duration,
+}
+
+/// Per-namespace channel rules (see docs/CONFIG.md for each option's meaning).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelOptions {
+    pub allow_subscribe_for_client: bool,
+    pub allow_subscribe_for_anonymous: bool,
+    pub allow_publish_for_client: bool,
+    pub allow_publish_for_subscriber: bool,
+    pub allow_history_for_client: bool,
+    pub allow_history_for_subscriber: bool,
+    pub allow_presence_for_client: bool,
+    pub allow_presence_for_subscriber: bool,
+    pub allow_user_limited_channels: bool,
+    pub presence: bool,
+    pub join_leave: bool,
+    pub force_push_join_leave: bool,
+    pub history_size: usize,
+    #[serde(deserialize_with = "duration")]
+    pub history_ttl: Duration,
+    pub force_recovery: bool,
+    pub force_positioning: bool,
+}
+
+impl ChannelOptions {
+    pub fn history_enabled(&self) -> bool {
+        self.history_size > 0 && !self.history_ttl.is_zero()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Namespace {
+    pub name: String,
+    #[serde(flatten)]
+    pub options: ChannelOptions,
+}
+
+fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(de)?;
+    humantime::parse_duration(&s)
+        .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+}
+
+impl Config {
+    /// The compiled-in defaults with the process environment applied.
+    pub fn load(file: Option<&str>) -> Result<Config, ConfigError> {
+        let text = match file {
+            Some(path) => {
+                Some(
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                        path: path.to_string(),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
+        Self::load_from(text.as_deref(), file.unwrap_or("<none>"), std::env::vars())
+    }
+
+    /// Loads from file text and an explicit environment, for tests and `check-config`.
+    pub fn load_from(
+        file_text: Option<&str>,
+        file_name: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let defaults: Value = toml::from_str(DEFAULTS).map_err(|source| ConfigError::Parse {
+            path: "<embedded defaults>".into(),
+            source,
+        })?;
+        let mut merged = defaults.clone();
+        if let Some(text) = file_text {
+            let user: Value = toml::from_str(text).map_err(|source| ConfigError::Parse {
+                path: file_name.to_string(),
+                source,
+            })?;
+            merge(&mut merged, user, &defaults, "")?;
+        }
+        let mut env: Vec<(String, String)> = env.into_iter().collect();
+        env.sort();
+        for (name, value) in env {
+            if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
+                apply_env(&mut merged, rest, &value)?;
+            }
+        }
+        fill_namespaces(&mut merged)?;
+        let config: Config = serde_path_to_error::deserialize(merged).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError::BadValue {
+                key,
+                reason: e.into_inner().to_string(),
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot; each error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.http.addr.parse::<SocketAddr>().map_err(|e| {
+            bad(
+                "http.addr",
+                format!("{:?} is not host:port ({e})", self.http.addr),
+            )
+        })?;
+        if self.client.ping_interval.is_zero() {
+            return Err(bad("client.ping_interval", "must be positive"));
+        }
+        if self.client.pong_timeout.is_zero()
+            || self.client.pong_timeout >= self.client.ping_interval
+        {
+            return Err(bad(
+                "client.pong_timeout",
+                "must be positive and below client.ping_interval",
+            ));
+        }
+        for (key, v) in [
+            ("client.max_frame_bytes", self.client.max_frame_bytes),
+            ("client.max_channel_length", self.client.max_channel_length),
+            ("client.outbound_queue_len", self.client.outbound_queue_len),
+        ] {
+            if v == 0 {
+                return Err(bad(key, "must be positive"));
+            }
+        }
+        if self.client.command_rate > 0 && self.client.command_burst < self.client.command_rate {
+            return Err(bad(
+                "client.command_burst",
+                "must be at least client.command_rate",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, ns) in self.namespaces.iter().enumerate() {
+            let valid = !ns.name.is_empty()
+                && ns
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+            if !valid {
+                return Err(bad(
+                    &format!("namespaces[{i}].name"),
+                    format!("{:?}: use letters, digits, _ - .", ns.name),
+                ));
+            }
+            if !seen.insert(ns.name.as_str()) {
+                return Err(bad(
+                    &format!("namespaces[{i}].name"),
+                    format!("{:?} is defined twice", ns.name),
+                ));
+            }
+        }
+        if self.auth.personal_channel
+            && !self
+                .namespaces
+                .iter()
+                .any(|n| n.name == self.auth.personal_namespace)
+        {
+            return Err(bad(
+                "auth.personal_namespace",
+                format!("no namespace named {:?}", self.auth.personal_namespace),
+            ));
+        }
+        for (key, pem) in [
+            ("auth.rsa_public_key", &self.auth.rsa_public_key),
+            ("auth.ecdsa_public_key", &self.auth.ecdsa_public_key),
+        ] {
+            if !pem.is_empty() && !pem.contains("-----BEGIN") {
+                return Err(bad(key, "expected a PEM public key"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn socket_addr(&self) -> SocketAddr {
+        // validate() has checked it; fall back to the documented default all the same.
+        self.http
+            .addr
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8000)))
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    v.type_str()
+}
+
+/// Merges `user` into `into`, checking each key and type against `defaults`.
+fn merge(into: &mut Value, user: Value, defaults: &Value, path: &str) -> Result<(), ConfigError> {
+    let (Value::Table(into_t), Value::Table(user_t), Value::Table(def_t)) = (into, user, defaults)
+    else {
+        return Ok(());
+    };
+    for (k, v) in user_t {
+        let key = if path.is_empty() {
+            k.clone()
+        } else {
+            format!("{path}.{k}")
+        };
+        let Some(def) = def_t.get(&k) else {
+            return Err(ConfigError::UnknownKey(key));
+        };
+        if key == "namespaces" {
+            check_namespaces(&v, defaults)?;
+            into_t.insert(k, v);
+            continue;
+        }
+        if type_name(def) != type_name(&v) {
+            return Err(bad(
+                &key,
+                format!("expected {}, found {}", type_name(def), type_name(&v)),
+            ));
+        }
+        match v {
+            Value::Table(_) => {
+                let slot = into_t.entry(k.clone()).or_insert_with(|| def.clone());
+                merge(slot, v, def, &key)?;
+            }
+            other => {
+                into_t.insert(k, other);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Namespace entries take the keys of `[channel]` plus `name`.
+fn check_namespaces(v: &Value, defaults: &Value) -> Result<(), ConfigError> {
+    let Value::Array(items) = v else {
+        return Err(bad(
+            "namespaces",
+            "expected an array of tables ([[namespaces]])",
+        ));
+    };
+    let channel = defaults.get("channel").and_then(Value::as_table);
+    for (i, item) in items.iter().enumerate() {
+        let Value::Table(t) = item else {
+            return Err(bad(&format!("namespaces[{i}]"), "expected a table"));
+        };
+        for (k, val) in t {
+            let key = format!("namespaces[{i}].{k}");
+            if k == "name" {
+                if !val.is_str() {
+                    return Err(bad(&key, "expected string"));
+                }
+                continue;
+            }
+            match channel.and_then(|c| c.get(k)) {
+                None => return Err(ConfigError::UnknownKey(key)),
+                Some(def) if type_name(def) != type_name(val) => {
+                    return Err(bad(
+                        &key,
+                        format!("expected {}, found {}", type_name(def), type_name(val)),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Fills each namespace's missing keys from the merged `[channel]` table.
+fn fill_namespaces(merged: &mut Value) -> Result<(), ConfigError> {
+    let Some(channel) = merged.get("channel").and_then(Value::as_table).cloned() else {
+        return Ok(());
+    };
+    if let Some(Value::Array(items)) = merged.get_mut("namespaces") {
+        for (i, item) in items.iter_mut().enumerate() {
+            let Value::Table(t) = item else {
+                return Err(bad(&format!("namespaces[{i}]"), "expected a table"));
+            };
+            if !t.contains_key("name") {
+                return Err(bad(&format!("namespaces[{i}].name"), "missing"));
+            }
+            for (k, v) in &channel {
+                t.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Applies `SECTION__KEY=value`, typed like the value it replaces.
+fn apply_env(merged: &mut Value, rest: &str, raw: &str) -> Result<(), ConfigError> {
+    let parts: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+    let key = parts.join(".");
+    let env_name = format!("{ENV_PREFIX}{rest}");
+    let mut cur = merged;
+    for (i, p) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        let Some(next) = cur.as_table_mut().and_then(|t| t.get_mut(p)) else {
+            return Err(ConfigError::UnknownKey(format!("{key} (from {env_name})")));
+        };
+        if last {
+            let parsed = match next {
+                Value::String(_) => Value::String(raw.to_string()),
+                Value::Integer(_) => Value::Integer(
+                    raw.trim()
+                        .parse()
+                        .map_err(|_| bad(&key, format!("{env_name}={raw:?} is not an integer")))?,
+                ),
+                Value::Boolean(_) => Value::Boolean(match raw.trim() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => return Err(bad(&key, format!("{env_name}={raw:?} is not true/false"))),
+                }),
+                Value::Float(_) => Value::Float(
+                    raw.trim()
+                        .parse()
+                        .map_err(|_| bad(&key, format!("{env_name}={raw:?} is not a number")))?,
+                ),
+                Value::Array(_) => Value::Array(
+                    raw.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| Value::String(s.into()))
+                        .collect(),
+                ),
+                _ => return Err(bad(&key, format!("{env_name} cannot set a whole section"))),
+            };
+            *next = parsed;
+            return Ok(());
+        }
+        cur = next;
+    }
+    Err(ConfigError::UnknownKey(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let c = Config::load_from(None, "-", env(&[])).unwrap();
+        assert_eq!(c.http.addr, "127.0.0.1:8000");
+        assert_eq!(c.client.ping_interval, Duration::from_secs(25));
+    }
+
+    #[test]
+    fn env_overrides_named_keys() {
+        let c = Config::load_from(
+            None,
+            "-",
+            env(&[
+                ("HERALD_HTTP__ADDR", "127.0.0.1:9999"),
+                ("HERALD_API__KEY", "12345"),
+                ("HERALD_AUTH__HMAC_SECRET", "s3cret"),
+                ("HERALD_CLIENT__MAX_SUBSCRIPTIONS", "7"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.http.addr, "127.0.0.1:9999");
+        assert_eq!(c.api.key, "12345");
+        assert_eq!(c.auth.hmac_secret, "s3cret");
+        assert_eq!(c.client.max_subscriptions, 7);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = Config::load_from(Some("[http]\nadr = \"x\"\n"), "f", env(&[])).unwrap_err();
+        assert_eq!(e.to_string(), "unknown config key `http.adr`");
+        let e = Config::load_from(None, "-", env(&[("HERALD_HTTP__NOPE", "1")])).unwrap_err();
+        assert!(e.to_string().contains("http.nope"), "{e}");
+        let e = Config::load_from(
+            Some("[[namespaces]]\nname = \"a\"\nhistry_size = 1\n"),
+            "f",
+            env(&[]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("namespaces[0].histry_size"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = Config::load_from(
+            Some("[client]\nmax_subscriptions = \"many\"\n"),
+            "f",
+            env(&[]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("client.max_subscriptions"), "{e}");
+        let e = Config::load_from(Some("[client]\nping_interval = \"soon\"\n"), "f", env(&[]))
+            .unwrap_err();
+        assert!(e.to_string().contains("client.ping_interval"), "{e}");
+        let e = Config::load_from(None, "-", env(&[("HERALD_HTTP__ADDR", "nowhere")])).unwrap_err();
+        assert!(e.to_string().contains("http.addr"), "{e}");
+        let e = Config::load_from(None, "-", env(&[("HERALD_CLIENT__MAX_FRAME_BYTES", "-1")]))
+            .unwrap_err();
+        assert!(e.to_string().contains("client.max_frame_bytes"), "{e}");
+    }
+
+    #[test]
+    fn namespaces_inherit_channel_defaults() {
+        let c = Config::load_from(
+            Some(
+                "[channel]\nhistory_size = 9\n[[namespaces]]\nname = \"chat\"\npresence = false\n",
+            ),
+            "f",
+            env(&[]),
+        )
+        .unwrap();
+        let chat = c.namespaces.iter().find(|n| n.name == "chat").unwrap();
+        assert_eq!(chat.options.history_size, 9);
+        assert!(!chat.options.presence);
+    }
+
+    #[test]
+    fn shipped_file_equals_embedded_defaults() {
+        let shipped =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/herald.toml"))
+                .unwrap();
+        assert_eq!(shipped, DEFAULTS);
+    }
+}

@@ -1,0 +1,327 @@
+//! Command dispatch, and the commands that do not change subscriptions: publish,
+//! presence, presence_stats, history, rpc, send.
+
+use bytes::Bytes;
+
+use super::session::Session;
+use crate::broker::HistoryFilter;
+use crate::metrics as m;
+use crate::node::conn::Disconnect;
+use crate::node::PublishOptions;
+use crate::protocol::codec::encode_reply;
+use crate::protocol::codes::{self, ErrorCode};
+use crate::protocol::messages::{
+    ClientInfo, Command, Empty, HistoryRequest, HistoryResult, PresenceRequest, PresenceResult,
+    PresenceStatsRequest, PresenceStatsResult, PublishRequest, Reply, RpcRequest,
+};
+
+/// What a command produced.
+pub(super) enum Outcome {
+    /// An encoded reply to queue for the next write.
+    Reply(Bytes),
+    /// Nothing to send (pong, send).
+    Nothing,
+    /// End the connection with this code.
+    Disconnect(Disconnect),
+}
+
+/// Why a command failed: an error reply, or the connection must end.
+pub(super) enum CmdError {
+    Code(ErrorCode),
+    Disconnect(Disconnect),
+}
+
+impl From<ErrorCode> for CmdError {
+    fn from(c: ErrorCode) -> Self {
+        CmdError::Code(c)
+    }
+}
+
+impl From<crate::node::NodeError> for CmdError {
+    fn from(e: crate::node::NodeError) -> Self {
+        if matches!(e.code(), codes::ERROR_INTERNAL) {
+            tracing::warn!(cause = %e, "command failed");
+        }
+        CmdError::Code(e.code())
+    }
+}
+
+pub(super) type CmdResult = Result<Reply, CmdError>;
+
+/// A label for the commands metric that needs no allocation.
+fn code_label(code: u32) -> &'static str {
+    match code {
+        100 => "100",
+        101 => "101",
+        102 => "102",
+        103 => "103",
+        104 => "104",
+        105 => "105",
+        106 => "106",
+        107 => "107",
+        108 => "108",
+        109 => "109",
+        110 => "110",
+        111 => "111",
+        112 => "112",
+        _ => "other",
+    }
+}
+
+/// Whether a client may use a channel feature: always, or only while subscribed.
+pub(super) fn permitted(for_client: bool, for_subscriber: bool, subscribed: bool) -> bool {
+    for_client || (for_subscriber && subscribed)
+}
+
+impl Session {
+    pub(super) async fn handle_command(&mut self, cmd: Command) -> Outcome {
+        let id = cmd.id;
+        if id == 0 {
+            // A command without id is a pong (empty) or a `send`; anything else is
+            // malformed.
+            if let Some(send) = cmd.send {
+                self.on_send(send.data);
+                return Outcome::Nothing;
+            }
+            if cmd == Command::default() {
+                return Outcome::Nothing;
+            }
+            return Outcome::Disconnect(codes::DISCONNECT_BAD_REQUEST.into());
+        }
+        if self.conn.is_none() && cmd.connect.is_none() {
+            // The first command must be connect.
+            return Outcome::Disconnect(codes::DISCONNECT_BAD_REQUEST.into());
+        }
+        let method = method_name(&cmd);
+        if method != "connect" && !self.bucket.allow() {
+            metrics::counter!(m::COMMANDS_TOTAL, "method" => method, "result" => "111")
+                .increment(1);
+            return self.error_reply(id, codes::ERROR_TOO_MANY_REQUESTS);
+        }
+        let result = match cmd {
+            Command {
+                connect: Some(r), ..
+            } => self.on_connect(r).await,
+            Command {
+                subscribe: Some(r), ..
+            } => self.on_subscribe(r).await,
+            Command {
+                unsubscribe: Some(r),
+                ..
+            } => self.on_unsubscribe(r).await,
+            Command {
+                publish: Some(r), ..
+            } => self.on_publish(r).await,
+            Command {
+                presence: Some(r), ..
+            } => self.on_presence(r).await,
+            Command {
+                presence_stats: Some(r),
+                ..
+            } => self.on_presence_stats(r).await,
+            Command {
+                history: Some(r), ..
+            } => self.on_history(r).await,
+            Command { ping: Some(_), .. } => Ok(Reply {
+                ping: Some(Empty {}),
+                ..Default::default()
+            }),
+            Command { rpc: Some(r), .. } => self.on_rpc(r).await,
+            Command {
+                refresh: Some(r), ..
+            } => self.on_refresh(r).await,
+            Command {
+                sub_refresh: Some(r),
+                ..
+            } => self.on_sub_refresh(r).await,
+            Command { send: Some(s), .. } => {
+                self.on_send(s.data);
+                return Outcome::Nothing;
+            }
+            _ => Err(CmdError::Code(codes::ERROR_METHOD_NOT_FOUND)),
+        };
+        match result {
+            Ok(mut reply) => {
+                metrics::counter!(m::COMMANDS_TOTAL, "method" => method, "result" => "ok")
+                    .increment(1);
+                reply.id = id;
+                Outcome::Reply(encode_reply(self.format, &reply))
+            }
+            Err(CmdError::Code(code)) => {
+                metrics::counter!(m::COMMANDS_TOTAL, "method" => method, "result" => code_label(code.code)).increment(1);
+                self.error_reply(id, code)
+            }
+            Err(CmdError::Disconnect(d)) => {
+                metrics::counter!(m::COMMANDS_TOTAL, "method" => method, "result" => "disconnect")
+                    .increment(1);
+                Outcome::Disconnect(d)
+            }
+        }
+    }
+
+    fn error_reply(&self, id: u32, code: ErrorCode) -> Outcome {
+        let reply = Reply {
+            id,
+            error: Some(code.to_error()),
+            ..Default::default()
+        };
+        Outcome::Reply(encode_reply(self.format, &reply))
+    }
+
+    /// The publisher's info attached to a client publication.
+    fn client_info(&self, channel: &str) -> Option<ClientInfo> {
+        let conn = self.conn.as_ref()?;
+        Some(ClientInfo {
+            user: conn.handle.user.to_string(),
+            client: conn.handle.client.to_string(),
+            conn_info: conn.conn_info.clone(),
+            chan_info: conn
+                .subs
+                .get(channel)
+                .map(|s| s.chan_info.clone())
+                .unwrap_or_default(),
+        })
+    }
+
+    fn is_subscribed(&self, channel: &str) -> bool {
+        self.conn
+            .as_ref()
+            .is_some_and(|c| c.subs.contains_key(channel))
+    }
+
+    async fn on_publish(&mut self, req: PublishRequest) -> CmdResult {
+        let node = self.st.node.clone();
+        let opts = node.options(&req.channel)?;
+        if !permitted(
+            opts.allow_publish_for_client,
+            opts.allow_publish_for_subscriber,
+            self.is_subscribed(&req.channel),
+        ) {
+            return Err(codes::ERROR_PERMISSION_DENIED.into());
+        }
+        if req.data.is_empty() {
+            return Err(codes::ERROR_BAD_REQUEST.into());
+        }
+        let info = self.client_info(&req.channel);
+        node.publish(
+            &req.channel,
+            req.data,
+            PublishOptions {
+                info,
+                ..Default::default()
+            },
+        )
+        .await?;
+        metrics::counter!(m::PUBLICATIONS_TOTAL, "source" => "client").increment(1);
+        Ok(Reply {
+            publish: Some(Empty {}),
+            ..Default::default()
+        })
+    }
+
+    async fn on_presence(&mut self, req: PresenceRequest) -> CmdResult {
+        let node = self.st.node.clone();
+        let opts = node.options(&req.channel)?;
+        if !permitted(
+            opts.allow_presence_for_client,
+            opts.allow_presence_for_subscriber,
+            self.is_subscribed(&req.channel),
+        ) {
+            return Err(codes::ERROR_PERMISSION_DENIED.into());
+        }
+        let presence = node.presence(&req.channel).await?;
+        Ok(Reply {
+            presence: Some(PresenceResult { presence }),
+            ..Default::default()
+        })
+    }
+
+    async fn on_presence_stats(&mut self, req: PresenceStatsRequest) -> CmdResult {
+        let node = self.st.node.clone();
+        let opts = node.options(&req.channel)?;
+        if !permitted(
+            opts.allow_presence_for_client,
+            opts.allow_presence_for_subscriber,
+            self.is_subscribed(&req.channel),
+        ) {
+            return Err(codes::ERROR_PERMISSION_DENIED.into());
+        }
+        let s = node.presence_stats(&req.channel).await?;
+        Ok(Reply {
+            presence_stats: Some(PresenceStatsResult {
+                num_clients: s.num_clients,
+                num_users: s.num_users,
+            }),
+            ..Default::default()
+        })
+    }
+
+    async fn on_history(&mut self, req: HistoryRequest) -> CmdResult {
+        let node = self.st.node.clone();
+        let opts = node.options(&req.channel)?;
+        if !permitted(
+            opts.allow_history_for_client,
+            opts.allow_history_for_subscriber,
+            self.is_subscribed(&req.channel),
+        ) {
+            return Err(codes::ERROR_PERMISSION_DENIED.into());
+        }
+        let filter = HistoryFilter {
+            since: req.since,
+            limit: crate::broker::limit_from_protocol(req.limit),
+            reverse: req.reverse,
+        };
+        let (publications, top) = node.history(&req.channel, filter).await?;
+        Ok(Reply {
+            history: Some(HistoryResult {
+                publications,
+                epoch: top.epoch,
+                offset: top.offset,
+            }),
+            ..Default::default()
+        })
+    }
+
+    async fn on_rpc(&mut self, req: RpcRequest) -> CmdResult {
+        // No RPC methods are built in yet; later issues register chat and push methods
+        // here. The protocol's answer for an unknown method:
+        tracing::debug!(method = %req.method, "unknown rpc method");
+        Err(codes::ERROR_METHOD_NOT_FOUND.into())
+    }
+
+    fn on_send(&mut self, data: Bytes) {
+        // Asynchronous client-to-server messages have no handler without a backend
+        // proxy; they are accepted and dropped, as the protocol allows.
+        tracing::trace!(len = data.len(), "send ignored");
+    }
+}
+
+fn method_name(cmd: &Command) -> &'static str {
+    if cmd.connect.is_some() {
+        "connect"
+    } else if cmd.subscribe.is_some() {
+        "subscribe"
+    } else if cmd.unsubscribe.is_some() {
+        "unsubscribe"
+    } else if cmd.publish.is_some() {
+        "publish"
+    } else if cmd.presence.is_some() {
+        "presence"
+    } else if cmd.presence_stats.is_some() {
+        "presence_stats"
+    } else if cmd.history.is_some() {
+        "history"
+    } else if cmd.ping.is_some() {
+        "ping"
+    } else if cmd.rpc.is_some() {
+        "rpc"
+    } else if cmd.refresh.is_some() {
+        "refresh"
+    } else if cmd.sub_refresh.is_some() {
+        "sub_refresh"
+    } else if cmd.send.is_some() {
+        "send"
+    } else {
+        "unknown"
+    }
+}

@@ -1,0 +1,402 @@
+//! One task per connection: a `select!` over inbound frames, the outbound queue,
+//! server-side control, timers (ping, pong, expiry) and shutdown.
+//!
+//! All of a connection's state lives here and is touched only by this task, so it
+//! needs no lock; the rest of the node reaches it through its `ConnHandle`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError};
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::time::sleep_until;
+
+use super::ratelimit::TokenBucket;
+use super::GatewayState;
+use crate::auth::now_unix;
+use crate::metrics as m;
+use crate::node::conn::{ConnHandle, Control, Disconnect, Outbound};
+use crate::protocol::codec::{self, decode_json_commands, decode_protobuf_commands};
+use crate::protocol::codes;
+use crate::protocol::messages::Command;
+use crate::protocol::Format;
+
+/// State of one subscription of this connection.
+pub(super) struct SubState {
+    /// Offsets are tracked (positioned or recoverable): duplicates are dropped and a
+    /// gap makes the client resubscribe with recovery.
+    pub tracked: bool,
+    pub offset: u64,
+    pub chan_info: Bytes,
+    /// Unix seconds; `None` never expires.
+    pub expires_at: Option<i64>,
+    pub presence: bool,
+    pub join_leave: bool,
+}
+
+/// State that exists once the connect command succeeded.
+pub(super) struct Connected {
+    pub handle: Arc<ConnHandle>,
+    pub conn_info: Bytes,
+    pub expires_at: Option<i64>,
+    pub subs: HashMap<String, SubState>,
+}
+
+/// How the loop ends.
+enum Exit {
+    /// The client closed or the socket broke: nothing left to send.
+    Gone,
+    /// The client sent a close frame: echo it.
+    ClientClosed,
+    /// The server ends the connection with this code.
+    Disconnect(Disconnect),
+}
+
+pub(super) struct Session {
+    pub(super) st: GatewayState,
+    pub(super) format: Format,
+    ws: Option<actix_ws::Session>,
+    pub(super) conn: Option<Connected>,
+    pub(super) queue_rx: Option<mpsc::Receiver<Outbound>>,
+    pub(super) control_rx: Option<mpsc::UnboundedReceiver<Control>>,
+    pub(super) bucket: TokenBucket,
+    /// Encoded replies and pushes waiting for the next write.
+    pub(super) out: Vec<Bytes>,
+    opened: Instant,
+    next_ping: Instant,
+    pong_deadline: Option<Instant>,
+}
+
+async fn recv_queue(rx: &mut Option<mpsc::Receiver<Outbound>>) -> Option<Outbound> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_control(rx: &mut Option<mpsc::UnboundedReceiver<Control>>) -> Option<Control> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Converts unix seconds to an `Instant` deadline.
+pub(super) fn instant_at(unix: i64) -> Instant {
+    let delta = unix - now_unix();
+    let now = Instant::now();
+    if delta <= 0 {
+        now
+    } else {
+        now + Duration::from_secs(delta as u64)
+    }
+}
+
+/// Largest number of queued frames merged into one WebSocket message.
+const MAX_COALESCE: usize = 128;
+
+impl Session {
+    pub(super) fn new(st: GatewayState, format: Format, ws: actix_ws::Session) -> Self {
+        let c = &st.node.config().client;
+        let now = Instant::now();
+        Session {
+            bucket: TokenBucket::new(c.command_rate, c.command_burst),
+            next_ping: now + c.ping_interval,
+            st,
+            format,
+            ws: Some(ws),
+            conn: None,
+            queue_rx: None,
+            control_rx: None,
+            out: Vec::new(),
+            opened: now,
+            pong_deadline: None,
+        }
+    }
+
+    pub(super) async fn run(mut self, mut stream: AggregatedMessageStream) {
+        let mut timer = Box::pin(sleep_until(self.next_deadline().into()));
+        let exit = loop {
+            let deadline = self.next_deadline();
+            if timer.deadline() != deadline.into() {
+                timer.as_mut().reset(deadline.into());
+            }
+            let shutdown = self.st.shutdown.clone();
+            let connected = self.conn.is_some();
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled(), if !connected => break Exit::Disconnect(codes::DISCONNECT_SHUTDOWN.into()),
+                c = recv_control(&mut self.control_rx) => {
+                    if let Some(c) = c {
+                        if let Some(d) = self.on_control(c).await { break Exit::Disconnect(d) }
+                    }
+                }
+                msg = stream.recv() => match msg {
+                    None => break Exit::Gone,
+                    Some(Ok(AggregatedMessage::Close(_))) => break Exit::ClientClosed,
+                    Some(Ok(msg)) => if let Some(d) = self.on_message(msg).await { break Exit::Disconnect(d) },
+                    Some(Err(e)) => break Exit::Disconnect(protocol_error(&e)),
+                },
+                item = recv_queue(&mut self.queue_rx) => {
+                    if let Some(item) = item {
+                        if let Some(d) = self.on_outbound(item).await { break Exit::Disconnect(d) }
+                    }
+                }
+                _ = &mut timer => if let Some(d) = self.on_timer().await { break Exit::Disconnect(d) },
+            }
+        };
+        self.finish(exit).await;
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let c = &self.st.node.config().client;
+        let mut d = match &self.conn {
+            None => self.opened + c.connect_timeout,
+            Some(conn) => {
+                let grace = self.st.node.config().auth.expired_close_delay;
+                let mut d = self.next_ping;
+                let expiries = conn
+                    .expires_at
+                    .into_iter()
+                    .chain(conn.subs.values().filter_map(|s| s.expires_at));
+                for t in expiries {
+                    d = d.min(instant_at(t) + grace);
+                }
+                d
+            }
+        };
+        if let Some(p) = self.pong_deadline {
+            d = d.min(p);
+        }
+        d
+    }
+
+    async fn on_timer(&mut self) -> Option<Disconnect> {
+        let now = Instant::now();
+        let Some(conn) = &self.conn else {
+            if now >= self.opened + self.st.node.config().client.connect_timeout {
+                return Some(codes::DISCONNECT_STALE.into());
+            }
+            return None;
+        };
+        if self.pong_deadline.is_some_and(|p| now >= p) {
+            return Some(codes::DISCONNECT_NO_PONG.into());
+        }
+        let grace = self.st.node.config().auth.expired_close_delay;
+        if conn
+            .expires_at
+            .is_some_and(|t| now >= instant_at(t) + grace)
+        {
+            return Some(codes::DISCONNECT_EXPIRED.into());
+        }
+        if conn
+            .subs
+            .values()
+            .any(|s| s.expires_at.is_some_and(|t| now >= instant_at(t) + grace))
+        {
+            return Some(codes::DISCONNECT_SUB_EXPIRED.into());
+        }
+        if now >= self.next_ping {
+            let c = &self.st.node.config().client;
+            self.next_ping = now + c.ping_interval;
+            if self.pong_deadline.is_none() {
+                self.pong_deadline = Some(now + c.pong_timeout);
+            }
+            self.out.push(codec::ping_frame(self.format));
+            return self.flush().await;
+        }
+        None
+    }
+
+    async fn on_message(&mut self, msg: AggregatedMessage) -> Option<Disconnect> {
+        let commands = match (msg, self.format) {
+            (AggregatedMessage::Text(text), Format::Json) => {
+                metrics::counter!(m::BYTES_IN_TOTAL).increment(text.len() as u64);
+                decode_json_commands(text.as_bytes())
+            }
+            (AggregatedMessage::Binary(bin), Format::Protobuf) => {
+                metrics::counter!(m::BYTES_IN_TOTAL).increment(bin.len() as u64);
+                decode_protobuf_commands(bin)
+            }
+            (AggregatedMessage::Ping(p), _) => {
+                let ws = self.ws.as_mut()?;
+                return ws
+                    .pong(&p)
+                    .await
+                    .err()
+                    .map(|_| codes::DISCONNECT_WRITE_ERROR.into());
+            }
+            (AggregatedMessage::Pong(_), _) => return None,
+            (AggregatedMessage::Close(_), _) => return None,
+            // A text frame on a Protobuf connection or the reverse.
+            (_, _) => Err(codec::DecodeError::WrongFrameType),
+        };
+        // Any frame from the client proves it is alive.
+        self.pong_deadline = None;
+        let commands = match commands {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(cause = %e, "malformed client frame");
+                return Some(codes::DISCONNECT_BAD_REQUEST.into());
+            }
+        };
+        for cmd in commands {
+            if let Some(d) = self.on_command(cmd).await {
+                // Replies to earlier commands in the batch still go out first.
+                let _ = self.flush().await;
+                return Some(d);
+            }
+        }
+        self.flush().await
+    }
+
+    async fn on_command(&mut self, cmd: Command) -> Option<Disconnect> {
+        match self.handle_command(cmd).await {
+            super::commands::Outcome::Reply(bytes) => {
+                self.out.push(bytes);
+                None
+            }
+            super::commands::Outcome::Nothing => None,
+            super::commands::Outcome::Disconnect(d) => Some(d),
+        }
+    }
+
+    async fn on_outbound(&mut self, first: Outbound) -> Option<Disconnect> {
+        let mut oldest: Option<Instant> = None;
+        let mut gaps: Vec<String> = Vec::new();
+        let mut item = Some(first);
+        let mut n = 0;
+        while let Some(it) = item {
+            n += 1;
+            match it {
+                Outbound::Frame(f) => self.out.push(f),
+                Outbound::Pub {
+                    channel,
+                    offset,
+                    frame,
+                    published,
+                } => {
+                    let Some(conn) = self.conn.as_mut() else {
+                        break;
+                    };
+                    // Not subscribed (any more): the publication was queued before an
+                    // unsubscribe.
+                    if let Some(sub) = conn.subs.get_mut(&*channel) {
+                        if !sub.tracked || offset == 0 {
+                            self.out.push(frame);
+                        } else if offset <= sub.offset {
+                            // Already delivered through recovery.
+                        } else if offset == sub.offset + 1 {
+                            sub.offset = offset;
+                            self.out.push(frame);
+                        } else {
+                            gaps.push(channel.to_string());
+                        }
+                        oldest = Some(oldest.map_or(published, |o| o.min(published)));
+                    }
+                }
+            }
+            item = if n < MAX_COALESCE {
+                self.queue_rx.as_mut().and_then(|rx| rx.try_recv().ok())
+            } else {
+                None
+            };
+        }
+        if let Some(t) = oldest {
+            metrics::histogram!(m::PUBLISH_TO_WRITE_SECONDS).record(t.elapsed().as_secs_f64());
+        }
+        for channel in gaps {
+            // Never a silent gap: the SDK resubscribes and recovers from its position.
+            self.server_unsubscribe(
+                &channel,
+                codes::UNSUBSCRIBE_INSUFFICIENT,
+                "insufficient state",
+            )
+            .await;
+        }
+        self.flush().await
+    }
+
+    async fn on_control(&mut self, c: Control) -> Option<Disconnect> {
+        match c {
+            Control::Disconnect(d) => return Some(d),
+            Control::Subscribe { channel, info } => self.on_server_subscribe(&channel, info).await,
+            Control::Unsubscribe { channel } => {
+                self.server_unsubscribe(&channel, codes::UNSUBSCRIBE_SERVER, "server unsubscribe")
+                    .await
+            }
+            Control::Refresh { expired: true, .. } => {
+                return Some(codes::DISCONNECT_EXPIRED.into())
+            }
+            Control::Refresh { expire_at, .. } => self.on_server_refresh(expire_at),
+        }
+        self.flush().await
+    }
+
+    /// Writes everything in `out` as one WebSocket message.
+    pub(super) async fn flush(&mut self) -> Option<Disconnect> {
+        if self.out.is_empty() {
+            return None;
+        }
+        let frame = codec::join_frames(self.format, &self.out);
+        self.out.clear();
+        let ws = self.ws.as_mut()?;
+        let len = frame.len() as u64;
+        let timeout = self.st.node.config().client.write_timeout;
+        let write = async {
+            match self.format {
+                Format::Json => match bytestring::ByteString::try_from(frame) {
+                    Ok(text) => ws.text(text).await,
+                    // Our encoder only emits UTF-8; never send a broken text frame.
+                    Err(_) => Ok(()),
+                },
+                Format::Protobuf => ws.binary(frame).await,
+            }
+        };
+        match tokio::time::timeout(timeout, write).await {
+            Ok(Ok(())) => {
+                metrics::counter!(m::BYTES_OUT_TOTAL).increment(len);
+                metrics::counter!(m::FRAMES_OUT_TOTAL).increment(1);
+                None
+            }
+            Ok(Err(_closed)) => Some(codes::DISCONNECT_WRITE_ERROR.into()),
+            Err(_elapsed) => Some(codes::DISCONNECT_SLOW.into()),
+        }
+    }
+
+    async fn finish(mut self, exit: Exit) {
+        if let Some(ws) = self.ws.take() {
+            let reason = match &exit {
+                Exit::Gone => None,
+                Exit::ClientClosed => Some(None),
+                Exit::Disconnect(d) => {
+                    metrics::counter!(m::DISCONNECTS_TOTAL, "code" => d.code.to_string())
+                        .increment(1);
+                    Some(Some(CloseReason {
+                        code: CloseCode::Other(d.code),
+                        description: Some(d.reason.clone()),
+                    }))
+                }
+            };
+            if let Some(reason) = reason {
+                let _ = ws.close(reason).await;
+            }
+        }
+        if let Some(conn) = self.conn.take() {
+            for (channel, sub) in conn.subs {
+                self.release(&conn.handle, &channel, &sub).await;
+            }
+            self.st.node.remove_conn(&conn.handle);
+        }
+    }
+}
+
+/// The close code for a frame the WebSocket layer rejected.
+fn protocol_error(e: &ProtocolError) -> Disconnect {
+    match e {
+        ProtocolError::Overflow => codes::DISCONNECT_MESSAGE_SIZE_LIMIT.into(),
+        _ => codes::DISCONNECT_BAD_REQUEST.into(),
+    }
+}

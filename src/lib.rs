@@ -1,0 +1,37 @@
+//! Herald: a realtime messaging hub that speaks the Centrifugo client protocol (v2) and
+//! server API.
+//!
+//! How a message travels:
+//!
+//! ```text
+//! client --WS--> gateway --+
+//! backend -HTTP-> api -----+--> node::publish --> broker (sequences, keeps recent
+//!                                                  history, delivers to every node)
+//!                                                     |
+//!                      node fan-out <-----------------+
+//!                      (encode once per format, push into each subscriber's queue)
+//!                                 |
+//!                      gateway session (coalesce, write) --> client
+//! ```
+//!
+//! - [`protocol`]: wire messages, JSON/Protobuf framing, every client-visible code.
+//! - [`gateway`]: the WebSocket endpoint; one task per connection.
+//! - [`node`]: local subscriptions, the one publish path, fan-out.
+//! - [`broker`]: trait + in-memory backend: offsets, epochs, history, delivery.
+//! - [`presence`]: trait + in-memory backend.
+//! - [`api`]: server HTTP API, health, readiness, metrics endpoint.
+//! - [`auth`]: JWT verification and API keys.
+//! - [`config`]: typed configuration with compiled-in defaults.
+//! - [`metrics`]: every metric name.
+//! - [`app`]: wires it all together; `run(config, listener, shutdown)`.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod gateway;
+pub mod metrics;
+pub mod node;
+pub mod presence;
+pub mod protocol;

@@ -1,0 +1,136 @@
+//! The node's view of one connection: a cheap handle the fan-out pushes into.
+//!
+//! The session task owns the socket; everything else reaches the connection through
+//! this handle. Data goes through a bounded queue (a slow reader fills it and is then
+//! disconnected, so it never slows anyone else); control messages go through an
+//! unbounded channel that only ever carries a handful of items per connection.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::metrics as m;
+use crate::protocol::codes::{self, DisconnectCode};
+use crate::protocol::Format;
+
+/// A frame waiting to be written to one connection.
+pub enum Outbound {
+    /// A publication push. The offset lets the session drop a publication it already
+    /// delivered through recovery, and spot a gap.
+    Pub {
+        channel: Arc<str>,
+        offset: u64,
+        frame: Bytes,
+        published: Instant,
+    },
+    /// Any other push (join, leave, message).
+    Frame(Bytes),
+}
+
+/// A disconnect with a code and a reason (the reason must stay under 123 bytes to fit
+/// a WebSocket close frame).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disconnect {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl From<DisconnectCode> for Disconnect {
+    fn from(d: DisconnectCode) -> Self {
+        Disconnect {
+            code: d.code,
+            reason: d.reason.to_string(),
+        }
+    }
+}
+
+/// Server-side changes to a connection's state, applied by its session task.
+#[derive(Debug, Clone)]
+pub enum Control {
+    Disconnect(Disconnect),
+    Subscribe {
+        channel: String,
+        info: Bytes,
+    },
+    Unsubscribe {
+        channel: String,
+    },
+    /// New expiry (unix seconds, `None` = never) or `expired` to end the connection.
+    Refresh {
+        expire_at: Option<i64>,
+        expired: bool,
+    },
+}
+
+pub struct ConnHandle {
+    /// Registry key; unique within this process.
+    pub seq: u64,
+    /// The protocol-level client id.
+    pub client: Arc<str>,
+    pub user: Arc<str>,
+    pub format: Format,
+    queue: mpsc::Sender<Outbound>,
+    control: mpsc::UnboundedSender<Control>,
+    /// Set once a disconnect was requested, so that a burst of full-queue events sends
+    /// one disconnect and not thousands.
+    closing: AtomicBool,
+}
+
+pub struct ConnReceivers {
+    pub queue: mpsc::Receiver<Outbound>,
+    pub control: mpsc::UnboundedReceiver<Control>,
+}
+
+impl ConnHandle {
+    pub fn new(
+        seq: u64,
+        client: Arc<str>,
+        user: Arc<str>,
+        format: Format,
+        queue_len: usize,
+    ) -> (Arc<Self>, ConnReceivers) {
+        let (qtx, qrx) = mpsc::channel(queue_len);
+        let (ctx, crx) = mpsc::unbounded_channel();
+        let h = Arc::new(ConnHandle {
+            seq,
+            client,
+            user,
+            format,
+            queue: qtx,
+            control: ctx,
+            closing: AtomicBool::new(false),
+        });
+        (
+            h,
+            ConnReceivers {
+                queue: qrx,
+                control: crx,
+            },
+        )
+    }
+
+    /// Queues a frame without waiting; a full queue disconnects the connection as slow.
+    pub fn deliver(&self, item: Outbound) {
+        match self.queue.try_send(item) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!(m::QUEUE_DROPPED_TOTAL).increment(1);
+                self.disconnect(codes::DISCONNECT_SLOW.into());
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    pub fn disconnect(&self, d: Disconnect) {
+        if !self.closing.swap(true, Ordering::AcqRel) {
+            let _ = self.control.send(Control::Disconnect(d));
+        }
+    }
+
+    pub fn control(&self, c: Control) {
+        let _ = self.control.send(c);
+    }
+}

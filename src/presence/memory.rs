@@ -1,0 +1,85 @@
+//! In-process presence: a sharded map of channel -> client id -> info.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+
+use super::{PresenceError, PresenceManager, PresenceStats};
+use crate::protocol::messages::ClientInfo;
+
+const SHARDS: usize = 32;
+
+/// Locks are parking_lot mutexes held only for map edits, never across `.await`.
+pub struct MemoryPresence {
+    shards: Vec<Mutex<HashMap<String, HashMap<String, ClientInfo>>>>,
+    hasher: RandomState,
+}
+
+impl Default for MemoryPresence {
+    fn default() -> Self {
+        MemoryPresence {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+}
+
+impl MemoryPresence {
+    fn shard(&self, channel: &str) -> &Mutex<HashMap<String, HashMap<String, ClientInfo>>> {
+        &self.shards[(self.hasher.hash_one(channel) as usize) % SHARDS]
+    }
+}
+
+#[async_trait]
+impl PresenceManager for MemoryPresence {
+    async fn add(&self, channel: &str, info: ClientInfo) -> Result<(), PresenceError> {
+        self.shard(channel)
+            .lock()
+            .entry(channel.to_string())
+            .or_default()
+            .insert(info.client.clone(), info);
+        Ok(())
+    }
+
+    async fn remove(&self, channel: &str, client_id: &str) -> Result<(), PresenceError> {
+        let mut shard = self.shard(channel).lock();
+        if let Some(m) = shard.get_mut(channel) {
+            m.remove(client_id);
+            if m.is_empty() {
+                shard.remove(channel);
+            }
+        }
+        Ok(())
+    }
+
+    async fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, PresenceError> {
+        Ok(self
+            .shard(channel)
+            .lock()
+            .get(channel)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn stats(&self, channel: &str) -> Result<PresenceStats, PresenceError> {
+        let shard = self.shard(channel).lock();
+        let Some(m) = shard.get(channel) else {
+            return Ok(PresenceStats::default());
+        };
+        let users: HashSet<&str> = m.values().map(|i| i.user.as_str()).collect();
+        Ok(PresenceStats {
+            num_clients: m.len() as u32,
+            num_users: users.len() as u32,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn memory_presence_passes_conformance() {
+        super::super::conformance::run_all(super::MemoryPresence::default()).await;
+    }
+}
