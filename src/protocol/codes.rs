@@ -105,3 +105,30 @@ disconnect_codes! {
 pub const UNSUBSCRIBE_SERVER: u32 = 2000;
 pub const UNSUBSCRIBE_INSUFFICIENT: u32 = 2500;
 pub const UNSUBSCRIBE_EXPIRED: u32 = 2501;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/PROTOCOL.md is the user's list of codes; it must not drift from this file.
+    #[test]
+    fn every_code_is_documented() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md")).unwrap();
+        for e in ALL_ERRORS {
+            assert!(doc.contains(&format!("| {} | {} |", e.code, e.message)), "error {} missing", e.code);
+        }
+        for d in ALL_DISCONNECTS {
+            assert!(doc.contains(&format!("| {} | {} |", d.code, d.reason)), "disconnect {} missing", d.code);
+        }
+        for code in [UNSUBSCRIBE_SERVER, UNSUBSCRIBE_INSUFFICIENT, UNSUBSCRIBE_EXPIRED] {
+            assert!(doc.contains(&format!("| {code} |")), "unsubscribe {code} missing");
+        }
+    }
+
+    #[test]
+    fn reconnect_ranges() {
+        assert!(DISCONNECT_SHUTDOWN.reconnect());
+        assert!(!DISCONNECT_INVALID_TOKEN.reconnect());
+        assert!(!DISCONNECT_MESSAGE_SIZE_LIMIT.reconnect());
+    }
+}

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The one test command: installs what it needs, then runs every check and test.
+# Used by developers and by CI (.ci/run). Safe to run repeatedly.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+# --- prerequisites -----------------------------------------------------------
+apt_install() {
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    step "installing Debian packages: $*"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+missing=()
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo not found: install Rust with rustup (https://rustup.rs) and re-run" >&2
+    exit 1
+fi
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt >/dev/null 2>&1 || true
+
+# --- static checks -----------------------------------------------------------
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# --- Rust unit and integration tests (real sockets, in-process servers) -------
+step "cargo test"
+cargo test --workspace --locked
+
+# --- official Centrifugo JS SDK against a running Herald ----------------------
+step "official JS SDK conformance (tests/sdk)"
+cargo build --locked --bin herald
+tests/sdk/run.sh "$PWD/target/debug/herald"
+
+step "all tests passed"
