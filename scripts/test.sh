@@ -19,6 +19,7 @@ command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 if ! command -v cargo >/dev/null 2>&1; then
     echo "cargo not found: install Rust with rustup (https://rustup.rs) and re-run" >&2
@@ -41,5 +42,8 @@ cargo test --workspace --locked
 step "official JS SDK conformance (tests/sdk)"
 cargo build --locked --bin herald
 tests/sdk/run.sh "$PWD/target/debug/herald"
+
+step "PyPI cent client against a running Herald (tests/cent)"
+tests/cent/run.sh "$PWD/target/debug/herald"
 
 step "all tests passed"

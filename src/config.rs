@@ -181,7 +181,10 @@ impl Config {
         let mut env: Vec<(String, String)> = env.into_iter().collect();
         env.sort();
         for (name, value) in env {
-            if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
+            // Only HERALD_<SECTION>__<KEY> is config: other HERALD_* variables (such as
+            // the HERALD_SERVICE_HOST / HERALD_PORT_* that Kubernetes injects for a
+            // service named "herald") are left alone.
+            if let Some(rest) = name.strip_prefix(ENV_PREFIX).filter(|r| r.contains("__")) {
                 apply_env(&mut merged, rest, &value)?;
             }
         }
@@ -457,6 +460,8 @@ mod tests {
                 ("HERALD_AUTH__HMAC_SECRET", "s3cret"),
                 ("HERALD_CLIENT__MAX_SUBSCRIPTIONS", "7"),
                 ("UNRELATED", "x"),
+                ("HERALD_PORT_8000_TCP_ADDR", "10.0.0.1"),
+                ("HERALD_SERVICE_HOST", "10.0.0.1"),
             ]),
         )
         .unwrap();
