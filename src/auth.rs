@@ -153,7 +153,16 @@ impl Verifier {
         }
         match jsonwebtoken::decode::<T>(token, key, &v) {
             Ok(data) => Ok(data.claims),
-            Err(e) if matches!(e.kind(), ErrorKind::ExpiredSignature) => Err(TokenError::Expired),
+            // A token not valid yet (`nbf`) is treated like an expired one, as Centrifugo
+            // does: the SDK fetches a fresh token instead of giving up.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::ExpiredSignature | ErrorKind::ImmatureSignature
+                ) =>
+            {
+                Err(TokenError::Expired)
+            }
             Err(e) => Err(TokenError::Invalid(e.to_string())),
         }
     }
@@ -264,8 +273,27 @@ pub fn api_key_matches(expected: &str, given: &str) -> bool {
 mod tests {
     use super::*;
 
+    fn key(name: &str) -> String {
+        std::fs::read_to_string(format!(
+            "{}/tests/fixtures/keys/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    }
+
+    fn verifier_with(rsa: &str, ec: &str) -> Verifier {
+        let mut cfg = base_cfg("", "");
+        cfg.rsa_public_key = rsa.into();
+        cfg.ecdsa_public_key = ec.into();
+        Verifier::new(&cfg, "secret").unwrap()
+    }
+
     fn verifier(aud: &str, iss: &str) -> Verifier {
-        let cfg = AuthConfig {
+        Verifier::new(&base_cfg(aud, iss), "secret").unwrap()
+    }
+
+    fn base_cfg(aud: &str, iss: &str) -> AuthConfig {
+        AuthConfig {
             hmac_secret: String::new(),
             rsa_public_key: String::new(),
             ecdsa_public_key: String::new(),
@@ -275,8 +303,70 @@ mod tests {
             personal_channel: false,
             personal_namespace: String::new(),
             expired_close_delay: std::time::Duration::from_secs(1),
-        };
-        Verifier::new(&cfg, "secret").unwrap()
+        }
+    }
+
+    fn signed(alg: Algorithm, key: &EncodingKey) -> String {
+        jsonwebtoken::encode(&Header::new(alg), &serde_json::json!({"sub": "alice"}), key).unwrap()
+    }
+
+    #[test]
+    fn rsa_and_ecdsa_algorithms() {
+        let rsa = EncodingKey::from_rsa_pem(key("rsa_private.pem").as_bytes()).unwrap();
+        let v = verifier_with(&key("rsa_public.pem"), &key("ec256_public.pem"));
+        for alg in [Algorithm::RS256, Algorithm::RS384, Algorithm::RS512] {
+            assert_eq!(
+                v.verify_connect(&signed(alg, &rsa)).unwrap().user,
+                "alice",
+                "{alg:?}"
+            );
+        }
+        let ec256 = EncodingKey::from_ec_pem(key("ec256_private.pem").as_bytes()).unwrap();
+        assert_eq!(
+            v.verify_connect(&signed(Algorithm::ES256, &ec256))
+                .unwrap()
+                .user,
+            "alice"
+        );
+        let v384 = verifier_with("", &key("ec384_public.pem"));
+        let ec384 = EncodingKey::from_ec_pem(key("ec384_private.pem").as_bytes()).unwrap();
+        assert_eq!(
+            v384.verify_connect(&signed(Algorithm::ES384, &ec384))
+                .unwrap()
+                .user,
+            "alice"
+        );
+        // No RSA key configured: RS tokens are refused, not tried against another key.
+        assert!(v384
+            .verify_connect(&signed(Algorithm::RS256, &rsa))
+            .is_err());
+    }
+
+    #[test]
+    fn rsa_public_key_used_as_hmac_secret_is_rejected() {
+        // Algorithm confusion: an attacker signs HS256 with the (public) RSA key bytes.
+        let public = key("rsa_public.pem");
+        let forged = signed(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(public.as_bytes()),
+        );
+        let v = verifier_with(&public, "");
+        assert!(matches!(
+            v.verify_connect(&forged),
+            Err(TokenError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn not_yet_valid_is_treated_as_expired() {
+        let t = token(
+            serde_json::json!({"sub":"a","nbf": now_unix()+600}),
+            "secret",
+        );
+        assert_eq!(
+            verifier("", "").verify_connect(&t).unwrap_err(),
+            TokenError::Expired
+        );
     }
 
     fn token(claims: serde_json::Value, secret: &str) -> String {
