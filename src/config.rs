@@ -534,12 +534,18 @@ mod doc_tests {
     /// docs/CONFIG.md must describe every key the defaults have.
     #[test]
     fn every_key_is_documented() {
-        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/CONFIG.md")).unwrap();
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/CONFIG.md"))
+            .unwrap();
         let defaults: toml::Value = toml::from_str(super::DEFAULTS).unwrap();
         for (section, table) in defaults.as_table().unwrap() {
-            let Some(table) = table.as_table() else { continue };
+            let Some(table) = table.as_table() else {
+                continue;
+            };
             for key in table.keys() {
-                assert!(doc.contains(&format!("| `{key}` |")), "{section}.{key} missing from docs/CONFIG.md");
+                assert!(
+                    doc.contains(&format!("| `{key}` |")),
+                    "{section}.{key} missing from docs/CONFIG.md"
+                );
             }
         }
     }

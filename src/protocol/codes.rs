@@ -113,15 +113,31 @@ mod tests {
     /// docs/PROTOCOL.md is the user's list of codes; it must not drift from this file.
     #[test]
     fn every_code_is_documented() {
-        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md")).unwrap();
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md"))
+            .unwrap();
         for e in ALL_ERRORS {
-            assert!(doc.contains(&format!("| {} | {} |", e.code, e.message)), "error {} missing", e.code);
+            assert!(
+                doc.contains(&format!("| {} | {} |", e.code, e.message)),
+                "error {} missing",
+                e.code
+            );
         }
         for d in ALL_DISCONNECTS {
-            assert!(doc.contains(&format!("| {} | {} |", d.code, d.reason)), "disconnect {} missing", d.code);
+            assert!(
+                doc.contains(&format!("| {} | {} |", d.code, d.reason)),
+                "disconnect {} missing",
+                d.code
+            );
         }
-        for code in [UNSUBSCRIBE_SERVER, UNSUBSCRIBE_INSUFFICIENT, UNSUBSCRIBE_EXPIRED] {
-            assert!(doc.contains(&format!("| {code} |")), "unsubscribe {code} missing");
+        for code in [
+            UNSUBSCRIBE_SERVER,
+            UNSUBSCRIBE_INSUFFICIENT,
+            UNSUBSCRIBE_EXPIRED,
+        ] {
+            assert!(
+                doc.contains(&format!("| {code} |")),
+                "unsubscribe {code} missing"
+            );
         }
     }
 
