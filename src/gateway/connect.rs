@@ -8,7 +8,7 @@ use crate::auth::{now_unix, ConnectGrant, TokenError};
 use crate::node::conn::ConnHandle;
 use crate::protocol::codes;
 use crate::protocol::messages::{
-    ConnectRequest, ConnectResult, RefreshRequest, RefreshResult, Reply,
+    ConnectRequest, ConnectResult, RefreshRequest, RefreshResult, Reply, SubscribeResultEntry,
 };
 
 /// `expires`/`ttl` fields for an expiry in unix seconds.
@@ -76,16 +76,14 @@ impl Session {
         if cfg.auth.personal_channel && !grant.user.is_empty() {
             channels.push(format!("{}:#{}", cfg.auth.personal_namespace, grant.user));
         }
-        let mut subs = HashMap::new();
+        let mut subs = Vec::with_capacity(channels.len());
         for channel in channels {
             let recover = req.subs.get(&channel);
             match self
                 .subscribe_server_side(&channel, recover, bytes::Bytes::new())
                 .await
             {
-                Ok(res) => {
-                    subs.insert(channel, res);
-                }
+                Ok(res) => subs.push(SubscribeResultEntry::new(channel, res)),
                 Err(CmdError::Code(code)) => {
                     tracing::warn!(channel, code = code.code, "server-side subscription failed");
                 }

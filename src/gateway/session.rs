@@ -83,7 +83,8 @@ async fn recv_control(rx: &mut Option<mpsc::UnboundedReceiver<Control>>) -> Opti
     }
 }
 
-/// Converts unix seconds to an `Instant` deadline.
+/// Converts unix seconds to an `Instant` deadline (now, if it has passed). Compare
+/// expiries in unix seconds, never against this clamped value.
 pub(super) fn instant_at(unix: i64) -> Instant {
     let delta = unix - now_unix();
     let now = Instant::now();
@@ -155,14 +156,14 @@ impl Session {
         let mut d = match &self.conn {
             None => self.opened + c.connect_timeout,
             Some(conn) => {
-                let grace = self.st.node.config().auth.expired_close_delay;
+                let grace = self.grace_secs();
                 let mut d = self.next_ping;
                 let expiries = conn
                     .expires_at
                     .into_iter()
                     .chain(conn.subs.values().filter_map(|s| s.expires_at));
                 for t in expiries {
-                    d = d.min(instant_at(t) + grace);
+                    d = d.min(instant_at(t + grace));
                 }
                 d
             }
@@ -171,6 +172,13 @@ impl Session {
             d = d.min(p);
         }
         d
+    }
+
+    /// `auth.expired_close_delay` in whole seconds, the unit of token expiries; rounded
+    /// up so that a sub-second delay still gives the client its grace.
+    fn grace_secs(&self) -> i64 {
+        let d = self.st.node.config().auth.expired_close_delay;
+        (d.as_secs() + u64::from(d.subsec_nanos() > 0)) as i64
     }
 
     async fn on_timer(&mut self) -> Option<Disconnect> {
@@ -184,17 +192,15 @@ impl Session {
         if self.pong_deadline.is_some_and(|p| now >= p) {
             return Some(codes::DISCONNECT_NO_PONG.into());
         }
-        let grace = self.st.node.config().auth.expired_close_delay;
-        if conn
-            .expires_at
-            .is_some_and(|t| now >= instant_at(t) + grace)
-        {
+        let grace = self.grace_secs();
+        let unix_now = now_unix();
+        if conn.expires_at.is_some_and(|t| unix_now >= t + grace) {
             return Some(codes::DISCONNECT_EXPIRED.into());
         }
         if conn
             .subs
             .values()
-            .any(|s| s.expires_at.is_some_and(|t| now >= instant_at(t) + grace))
+            .any(|s| s.expires_at.is_some_and(|t| unix_now >= t + grace))
         {
             return Some(codes::DISCONNECT_SUB_EXPIRED.into());
         }

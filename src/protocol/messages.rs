@@ -255,9 +255,9 @@ pub struct ConnectResult {
     #[prost(bytes = "bytes", tag = "5")]
     #[serde(with = "jb", skip_serializing_if = "Bytes::is_empty")]
     pub data: Bytes,
-    #[prost(map = "string, message", tag = "6")]
-    #[serde(skip_serializing_if = "HashMap::is_empty")]
-    pub subs: HashMap<String, SubscribeResult>,
+    #[prost(message, repeated, tag = "6")]
+    #[serde(with = "sub_results", skip_serializing_if = "Vec::is_empty")]
+    pub subs: Vec<SubscribeResultEntry>,
     #[prost(uint32, tag = "7")]
     #[serde(skip_serializing_if = "jb::is_zero_u32")]
     pub ping: u32,
@@ -538,9 +538,9 @@ pub struct ConnectPush {
     #[prost(bytes = "bytes", tag = "3")]
     #[serde(with = "jb", skip_serializing_if = "Bytes::is_empty")]
     pub data: Bytes,
-    #[prost(map = "string, message", tag = "4")]
-    #[serde(skip_serializing_if = "HashMap::is_empty")]
-    pub subs: HashMap<String, SubscribeResult>,
+    #[prost(message, repeated, tag = "4")]
+    #[serde(with = "sub_results", skip_serializing_if = "Vec::is_empty")]
+    pub subs: Vec<SubscribeResultEntry>,
     #[prost(bool, tag = "5")]
     #[serde(skip_serializing_if = "jb::is_false")]
     pub expires: bool,
@@ -582,4 +582,92 @@ pub struct RefreshPush {
     #[prost(uint32, tag = "2")]
     #[serde(skip_serializing_if = "jb::is_zero_u32")]
     pub ttl: u32,
+}
+
+/// One entry of the `map<string, SubscribeResult>` fields (`ConnectResult.subs`,
+/// `Connect.subs`), written out as the map-entry message it is on the wire.
+///
+/// prost leaves out a map value equal to its default, and an all-default
+/// `SubscribeResult` (a server-side subscription without positioning) is common; the
+/// JS SDK's protobufjs decodes such an entry as `null` and fails. As an explicit entry
+/// with an optional value the value is always written (`12 00`), as the reference
+/// server does.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SubscribeResultEntry {
+    #[prost(string, tag = "1")]
+    pub key: String,
+    #[prost(message, optional, tag = "2")]
+    pub value: Option<SubscribeResult>,
+}
+
+impl SubscribeResultEntry {
+    pub fn new(channel: String, result: SubscribeResult) -> Self {
+        SubscribeResultEntry {
+            key: channel,
+            value: Some(result),
+        }
+    }
+}
+
+/// JSON form of `Vec<SubscribeResultEntry>`: an object keyed by channel.
+mod sub_results {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::{SubscribeResult, SubscribeResultEntry};
+
+    pub fn serialize<S: Serializer>(
+        entries: &[SubscribeResultEntry],
+        ser: S,
+    ) -> Result<S::Ok, S::Error> {
+        let default = SubscribeResult::default();
+        let map: BTreeMap<&str, &SubscribeResult> = entries
+            .iter()
+            .map(|e| (e.key.as_str(), e.value.as_ref().unwrap_or(&default)))
+            .collect();
+        map.serialize(ser)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        de: D,
+    ) -> Result<Vec<SubscribeResultEntry>, D::Error> {
+        let map: BTreeMap<String, SubscribeResult> = Deserialize::deserialize(de)?;
+        Ok(map
+            .into_iter()
+            .map(|(k, v)| SubscribeResultEntry::new(k, v))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+
+    #[test]
+    fn empty_server_side_subscription_result_is_written_out() {
+        let r = ConnectResult {
+            client: "c".into(),
+            subs: vec![SubscribeResultEntry::new(
+                "feed:x".into(),
+                SubscribeResult::default(),
+            )],
+            ..Default::default()
+        };
+        let bytes = r.encode_to_vec();
+        // field 6, entry: key (0a 06 "feed:x") and an empty value (12 00).
+        let entry = [
+            0x32, 0x0a, 0x0a, 0x06, b'f', b'e', b'e', b'd', b':', b'x', 0x12, 0x00,
+        ];
+        assert!(
+            bytes.windows(entry.len()).any(|w| w == entry),
+            "{bytes:02x?}"
+        );
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"client":"c","subs":{"feed:x":{}}}"#
+        );
+    }
 }
