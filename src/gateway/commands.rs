@@ -76,6 +76,10 @@ pub(super) fn permitted(for_client: bool, for_subscriber: bool, subscribed: bool
 impl Session {
     pub(super) async fn handle_command(&mut self, cmd: Command) -> Outcome {
         let id = cmd.id;
+        if self.conn.is_none() && cmd.connect.is_none() && cmd != Command::default() {
+            // The first command must be connect (a pong may come before it).
+            return Outcome::Disconnect(codes::DISCONNECT_BAD_REQUEST.into());
+        }
         if id == 0 {
             // A command without id is a pong (empty) or a `send`; anything else is
             // malformed.
@@ -86,10 +90,6 @@ impl Session {
             if cmd == Command::default() {
                 return Outcome::Nothing;
             }
-            return Outcome::Disconnect(codes::DISCONNECT_BAD_REQUEST.into());
-        }
-        if self.conn.is_none() && cmd.connect.is_none() {
-            // The first command must be connect.
             return Outcome::Disconnect(codes::DISCONNECT_BAD_REQUEST.into());
         }
         let method = method_name(&cmd);

@@ -392,7 +392,8 @@ impl Session {
         }
         if let Some(conn) = self.conn.take() {
             for (channel, sub) in conn.subs {
-                self.release(&conn.handle, &channel, &sub).await;
+                self.release(&conn.handle, &conn.conn_info, &channel, &sub)
+                    .await;
             }
             self.st.node.remove_conn(&conn.handle);
         }
@@ -403,6 +404,14 @@ impl Session {
 fn protocol_error(e: &ProtocolError) -> Disconnect {
     match e {
         ProtocolError::Overflow => codes::DISCONNECT_MESSAGE_SIZE_LIMIT.into(),
+        // actix-ws reports a fragmented message over the limit only as an
+        // `io::ErrorKind::Other` with this text (tests/bad_input.rs guards the mapping).
+        ProtocolError::Io(io)
+            if io.kind() == std::io::ErrorKind::Other
+                && io.to_string().contains("continuation size") =>
+        {
+            codes::DISCONNECT_MESSAGE_SIZE_LIMIT.into()
+        }
         _ => codes::DISCONNECT_BAD_REQUEST.into(),
     }
 }

@@ -303,13 +303,19 @@ impl Session {
         let Some(sub) = conn.subs.remove(channel) else {
             return false;
         };
-        let handle = conn.handle.clone();
-        self.release(&handle, channel, &sub).await;
+        let (handle, conn_info) = (conn.handle.clone(), conn.conn_info.clone());
+        self.release(&handle, &conn_info, channel, &sub).await;
         true
     }
 
     /// Undoes what `add_subscription` registered.
-    pub(super) async fn release(&self, handle: &Arc<ConnHandle>, channel: &str, sub: &SubState) {
+    pub(super) async fn release(
+        &self,
+        handle: &Arc<ConnHandle>,
+        conn_info: &Bytes,
+        channel: &str,
+        sub: &SubState,
+    ) {
         let node = &self.st.node;
         node.unsubscribe(channel, handle.seq).await;
         if sub.presence {
@@ -321,7 +327,7 @@ impl Session {
             let info = ClientInfo {
                 user: handle.user.to_string(),
                 client: handle.client.to_string(),
-                conn_info: Bytes::new(),
+                conn_info: conn_info.clone(),
                 chan_info: sub.chan_info.clone(),
             };
             if let Err(e) = node.leave(channel, info).await {
