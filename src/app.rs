@@ -16,9 +16,10 @@ use crate::auth::Verifier;
 use crate::broker::memory::MemoryBroker;
 use crate::config::Config;
 use crate::gateway::{self, GatewayState};
-use crate::node::Node;
+use crate::node::{Node, Stores};
 use crate::presence::memory::MemoryPresence;
 use crate::protocol::codes;
+use crate::store::sqlite::{SqliteOptions, SqliteStore, Sync};
 
 fn random_secret() -> String {
     rand::thread_rng()
@@ -49,6 +50,34 @@ pub fn fill_missing_secrets(config: &mut Config) -> Vec<String> {
     notes
 }
 
+/// Opens the embedded store when a namespace needs it (persisted history or members).
+fn open_store(config: &Config) -> anyhow::Result<Option<Stores>> {
+    let needed = std::iter::once(&config.channel)
+        .chain(config.namespaces.iter().map(|n| &n.options))
+        .any(|o| o.persist || o.members);
+    if !needed {
+        return Ok(None);
+    }
+    let path = std::path::Path::new(&config.store.path).join("herald.db");
+    let sync = if config.store.sync == "normal" {
+        Sync::Normal
+    } else {
+        Sync::Full
+    };
+    let store = SqliteStore::open(SqliteOptions {
+        path: path.clone(),
+        sync,
+        idempotency_window: config.store.idempotency_window,
+    })
+    .map_err(|e| anyhow::anyhow!("cannot open the store at {}: {e}", path.display()))?;
+    let store = Arc::new(store);
+    tracing::info!(path = %path.display(), "embedded store open");
+    Ok(Some(Stores {
+        messages: Arc::new(store.clone()),
+        conversations: Arc::new(store),
+    }))
+}
+
 /// Serves on `listener` until `shutdown` completes, then drains and returns.
 pub async fn run(
     mut config: Config,
@@ -64,6 +93,7 @@ pub async fn run(
         config.clone(),
         Arc::new(MemoryBroker::new()),
         Arc::new(MemoryPresence::default()),
+        open_store(&config)?,
     );
     let verifier = Arc::new(
         Verifier::new(&config.auth, &config.auth.hmac_secret).map_err(anyhow::Error::msg)?,

@@ -46,9 +46,21 @@ pub struct Config {
     pub api: ApiConfig,
     pub auth: AuthConfig,
     pub client: ClientConfig,
+    pub store: StoreConfig,
     pub channel: ChannelOptions,
     #[serde(default)]
     pub namespaces: Vec<Namespace>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub path: String,
+    pub sync: String,
+    #[serde(deserialize_with = "duration")]
+    pub idempotency_window: Duration,
+    pub max_history_page: usize,
+    pub max_recovery: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -122,11 +134,19 @@ pub struct ChannelOptions {
     pub history_ttl: Duration,
     pub force_recovery: bool,
     pub force_positioning: bool,
+    pub persist: bool,
+    #[serde(deserialize_with = "duration")]
+    pub history_max_age: Duration,
+    pub history_max_count: u64,
+    pub members: bool,
+    pub client_message_id_field: String,
 }
 
 impl ChannelOptions {
+    /// Whether the channel keeps history (and so assigns offsets): always when
+    /// persisted, otherwise when the in-memory history has a size and a TTL.
     pub fn history_enabled(&self) -> bool {
-        self.history_size > 0 && !self.history_ttl.is_zero()
+        self.persist || (self.history_size > 0 && !self.history_ttl.is_zero())
     }
 }
 
@@ -232,6 +252,21 @@ impl Config {
             return Err(bad(
                 "client.command_burst",
                 "must be at least client.command_rate",
+            ));
+        }
+        if !matches!(self.store.sync.as_str(), "full" | "normal") {
+            return Err(bad(
+                "store.sync",
+                format!("{:?}: use \"full\" or \"normal\"", self.store.sync),
+            ));
+        }
+        if self.store.path.is_empty() {
+            return Err(bad("store.path", "must not be empty"));
+        }
+        if self.store.max_history_page == 0 || self.store.max_recovery == 0 {
+            return Err(bad(
+                "store.max_history_page",
+                "store.max_history_page and store.max_recovery must be positive",
             ));
         }
         let mut seen = std::collections::HashSet::new();

@@ -19,6 +19,7 @@
 //! - [`node`]: local subscriptions, the one publish path, fan-out.
 //! - [`broker`]: trait + in-memory backend: offsets, epochs, history, delivery.
 //! - [`presence`]: trait + in-memory backend.
+//! - [`store`]: durable history, members, read markers (embedded SQLite).
 //! - [`api`]: server HTTP API, health, readiness, metrics endpoint.
 //! - [`auth`]: JWT verification and API keys.
 //! - [`config`]: typed configuration with compiled-in defaults.
@@ -35,3 +36,4 @@ pub mod metrics;
 pub mod node;
 pub mod presence;
 pub mod protocol;
+pub mod store;

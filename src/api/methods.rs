@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
+use super::conversations as conv;
 use crate::broker::{limit_from_protocol, HistoryFilter};
 use crate::node::conn::{Control, Disconnect};
 use crate::node::{Node, NodeError, PublishOptions};
@@ -62,6 +63,12 @@ pub const METHODS: &[&str] = &[
     "channels",
     "info",
     "batch",
+    "conversation_create",
+    "conversation_members_add",
+    "conversation_members_remove",
+    "conversation_members",
+    "user_conversations",
+    "user_data_remove",
 ];
 
 fn parse<T: serde::de::DeserializeOwned>(params: &[u8]) -> Result<T, ApiError> {
@@ -104,6 +111,13 @@ pub async fn call(node: &Node, method: &str, params: &[u8]) -> Result<Value, Api
         "channels" => channels(node, parse(params)?),
         "info" => Ok(info(node)),
         "batch" => Box::pin(batch(node, parse(params)?)).await,
+        "conversation_create" | "conversation_members_add" => {
+            conv::add_members(node, parse(params)?).await
+        }
+        "conversation_members_remove" => conv::remove_members(node, parse(params)?).await,
+        "conversation_members" => conv::members(node, parse(params)?).await,
+        "user_conversations" => conv::user_conversations(node, parse(params)?).await,
+        "user_data_remove" => conv::user_data_remove(node, parse(params)?).await,
         _ => Err(codes::ERROR_METHOD_NOT_FOUND.into()),
     }
 }
@@ -136,9 +150,8 @@ struct PublishReq {
     skip_history: bool,
     #[serde(default)]
     tags: HashMap<String, String>,
-    /// Accepted for compatibility; de-duplication arrives with the durable store.
+    /// A retry with the same key gets the original's position (persisted namespaces).
     #[serde(default)]
-    #[allow(dead_code)]
     idempotency_key: Option<String>,
 }
 
@@ -153,6 +166,7 @@ async fn publish(node: &Node, r: PublishReq) -> Result<Value, ApiError> {
                 info: None,
                 tags: r.tags,
                 skip_history: r.skip_history,
+                idempotency_key: r.idempotency_key,
             },
         )
         .await?;
@@ -179,7 +193,6 @@ struct BroadcastReq {
     #[serde(default)]
     tags: HashMap<String, String>,
     #[serde(default)]
-    #[allow(dead_code)]
     idempotency_key: Option<String>,
 }
 
@@ -194,6 +207,7 @@ async fn broadcast(node: &Node, r: BroadcastReq) -> Result<Value, ApiError> {
             info: None,
             tags: r.tags.clone(),
             skip_history: r.skip_history,
+            idempotency_key: r.idempotency_key.clone(),
         };
         match node.publish(ch, data.clone(), opts).await {
             Ok(pos) => {

@@ -1,5 +1,6 @@
 //! HTTP surface besides the WebSocket: the server API, `/health`, `/ready`, `/metrics`.
 
+pub mod conversations;
 pub mod methods;
 
 use std::sync::Arc;

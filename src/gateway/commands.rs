@@ -5,6 +5,7 @@ use bytes::Bytes;
 
 use super::session::Session;
 use crate::broker::HistoryFilter;
+use crate::config::ChannelOptions;
 use crate::metrics as m;
 use crate::node::conn::Disconnect;
 use crate::node::PublishOptions;
@@ -12,7 +13,7 @@ use crate::protocol::codec::encode_reply;
 use crate::protocol::codes::{self, ErrorCode};
 use crate::protocol::messages::{
     ClientInfo, Command, Empty, HistoryRequest, HistoryResult, PresenceRequest, PresenceResult,
-    PresenceStatsRequest, PresenceStatsResult, PublishRequest, Reply, RpcRequest,
+    PresenceStatsRequest, PresenceStatsResult, PublishRequest, Reply, RpcRequest, RpcResult,
 };
 
 /// What a command produced.
@@ -183,6 +184,30 @@ impl Session {
         })
     }
 
+    /// Channel permission for publish, history and presence: membership in a
+    /// conversation namespace, otherwise the namespace's client/subscriber rules.
+    async fn may(
+        &self,
+        opts: &ChannelOptions,
+        channel: &str,
+        for_client: bool,
+        for_subscriber: bool,
+    ) -> Result<bool, CmdError> {
+        if opts.members {
+            let user = self
+                .conn
+                .as_ref()
+                .map(|c| c.handle.user.clone())
+                .unwrap_or_default();
+            return Ok(self.st.node.is_member(channel, &user).await?);
+        }
+        Ok(permitted(
+            for_client,
+            for_subscriber,
+            self.is_subscribed(channel),
+        ))
+    }
+
     fn is_subscribed(&self, channel: &str) -> bool {
         self.conn
             .as_ref()
@@ -192,26 +217,34 @@ impl Session {
     async fn on_publish(&mut self, req: PublishRequest) -> CmdResult {
         let node = self.st.node.clone();
         let opts = node.options(&req.channel)?;
-        if !permitted(
-            opts.allow_publish_for_client,
-            opts.allow_publish_for_subscriber,
-            self.is_subscribed(&req.channel),
-        ) {
+        if !self
+            .may(
+                opts,
+                &req.channel,
+                opts.allow_publish_for_client,
+                opts.allow_publish_for_subscriber,
+            )
+            .await?
+        {
             return Err(codes::ERROR_PERMISSION_DENIED.into());
         }
         if req.data.is_empty() {
             return Err(codes::ERROR_BAD_REQUEST.into());
         }
         let info = self.client_info(&req.channel);
-        node.publish(
-            &req.channel,
-            req.data,
-            PublishOptions {
-                info,
-                ..Default::default()
-            },
-        )
-        .await?;
+        let idempotency_key =
+            client_message_id(&opts.client_message_id_field, &req.data).map(|id| {
+                format!(
+                    "client:{}:{id}",
+                    info.as_ref().map(|i| i.user.as_str()).unwrap_or_default()
+                )
+            });
+        let opts = PublishOptions {
+            info,
+            idempotency_key,
+            ..Default::default()
+        };
+        node.publish(&req.channel, req.data, opts).await?;
         metrics::counter!(m::PUBLICATIONS_TOTAL, "source" => "client").increment(1);
         Ok(Reply {
             publish: Some(Empty {}),
@@ -222,11 +255,15 @@ impl Session {
     async fn on_presence(&mut self, req: PresenceRequest) -> CmdResult {
         let node = self.st.node.clone();
         let opts = node.options(&req.channel)?;
-        if !permitted(
-            opts.allow_presence_for_client,
-            opts.allow_presence_for_subscriber,
-            self.is_subscribed(&req.channel),
-        ) {
+        if !self
+            .may(
+                opts,
+                &req.channel,
+                opts.allow_presence_for_client,
+                opts.allow_presence_for_subscriber,
+            )
+            .await?
+        {
             return Err(codes::ERROR_PERMISSION_DENIED.into());
         }
         let presence = node.presence(&req.channel).await?;
@@ -239,11 +276,15 @@ impl Session {
     async fn on_presence_stats(&mut self, req: PresenceStatsRequest) -> CmdResult {
         let node = self.st.node.clone();
         let opts = node.options(&req.channel)?;
-        if !permitted(
-            opts.allow_presence_for_client,
-            opts.allow_presence_for_subscriber,
-            self.is_subscribed(&req.channel),
-        ) {
+        if !self
+            .may(
+                opts,
+                &req.channel,
+                opts.allow_presence_for_client,
+                opts.allow_presence_for_subscriber,
+            )
+            .await?
+        {
             return Err(codes::ERROR_PERMISSION_DENIED.into());
         }
         let s = node.presence_stats(&req.channel).await?;
@@ -259,11 +300,15 @@ impl Session {
     async fn on_history(&mut self, req: HistoryRequest) -> CmdResult {
         let node = self.st.node.clone();
         let opts = node.options(&req.channel)?;
-        if !permitted(
-            opts.allow_history_for_client,
-            opts.allow_history_for_subscriber,
-            self.is_subscribed(&req.channel),
-        ) {
+        if !self
+            .may(
+                opts,
+                &req.channel,
+                opts.allow_history_for_client,
+                opts.allow_history_for_subscriber,
+            )
+            .await?
+        {
             return Err(codes::ERROR_PERMISSION_DENIED.into());
         }
         let filter = HistoryFilter {
@@ -283,16 +328,38 @@ impl Session {
     }
 
     async fn on_rpc(&mut self, req: RpcRequest) -> CmdResult {
-        // No RPC methods are built in yet; later issues register chat and push methods
-        // here. The protocol's answer for an unknown method:
-        tracing::debug!(method = %req.method, "unknown rpc method");
-        Err(codes::ERROR_METHOD_NOT_FOUND.into())
+        let data = match req.method.as_str() {
+            "chat.read" => self.rpc_chat_read(&req.data).await?,
+            "chat.unread" => self.rpc_chat_unread().await?,
+            "chat.typing" => self.rpc_chat_typing(&req.data).await?,
+            _ => {
+                tracing::debug!(method = %req.method, "unknown rpc method");
+                return Err(codes::ERROR_METHOD_NOT_FOUND.into());
+            }
+        };
+        Ok(Reply {
+            rpc: Some(RpcResult { data }),
+            ..Default::default()
+        })
     }
 
     fn on_send(&mut self, data: Bytes) {
         // Asynchronous client-to-server messages have no handler without a backend
         // proxy; they are accepted and dropped, as the protocol allows.
         tracing::trace!(len = data.len(), "send ignored");
+    }
+}
+
+/// The client's message id: `field` at the top level of a JSON object payload.
+fn client_message_id(field: &str, data: &[u8]) -> Option<String> {
+    if field.is_empty() {
+        return None;
+    }
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(data).ok()?;
+    match map.get(field)? {
+        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
     }
 }
 

@@ -7,6 +7,7 @@
 mod commands;
 mod connect;
 mod ratelimit;
+mod rpc;
 mod session;
 mod subscribe;
 

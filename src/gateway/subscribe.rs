@@ -21,6 +21,7 @@ use crate::protocol::messages::{
     ClientInfo, Empty, Push, Reply, StreamPosition, SubRefreshRequest, SubRefreshResult,
     SubscribePush, SubscribeRequest, SubscribeResult, UnsubscribePush, UnsubscribeRequest,
 };
+use crate::store::StoreError;
 
 /// What a subscription asks for, whoever initiated it.
 #[derive(Default)]
@@ -71,6 +72,11 @@ impl Session {
                     tracing::debug!(cause = %why, channel = %req.channel, "subscription token rejected");
                     return Err(codes::ERROR_PERMISSION_DENIED.into());
                 }
+            }
+        } else if opts.members {
+            // Conversations: membership (or a DM name) is the permission.
+            if !node.is_member(&req.channel, &user).await? {
+                return Err(codes::ERROR_PERMISSION_DENIED.into());
             }
         } else if !may_subscribe_without_token(&opts, &req.channel, &user) {
             return Err(codes::ERROR_PERMISSION_DENIED.into());
@@ -229,20 +235,16 @@ impl Session {
         if positioned {
             let top = if p.recover && recoverable {
                 res.was_recovering = true;
-                let filter = HistoryFilter {
-                    since: Some(p.since.clone()),
-                    limit: None,
-                    reverse: false,
-                };
-                match node.history(channel, filter).await {
+                match node.recover(channel, p.since.clone()).await {
                     Ok((pubs, top)) => {
                         res.recovered = true;
                         res.publications = pubs;
                         Ok(top)
                     }
-                    Err(NodeError::Broker(BrokerError::UnrecoverablePosition)) => {
-                        position(&node, channel).await
-                    }
+                    Err(
+                        NodeError::Broker(BrokerError::UnrecoverablePosition)
+                        | NodeError::Store(StoreError::UnrecoverablePosition),
+                    ) => position(&node, channel).await,
                     Err(e) => Err(e),
                 }
             } else {

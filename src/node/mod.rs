@@ -26,6 +26,7 @@ use crate::protocol::messages::{
     ClientInfo, Join, Leave, Publication, Push, Reply, StreamPosition,
 };
 use crate::protocol::Format;
+use crate::store::{Append, ConversationStore, MessageStore, Retention, StoreError};
 
 use channels::{ChannelError, ChannelRules};
 use conn::{ConnHandle, Control, Disconnect, Outbound};
@@ -43,6 +44,11 @@ pub enum NodeError {
     Broker(#[from] BrokerError),
     #[error(transparent)]
     Presence(#[from] PresenceError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The namespace needs the durable store, which is not open.
+    #[error("store not configured")]
+    NoStore,
 }
 
 impl NodeError {
@@ -52,12 +58,14 @@ impl NodeError {
             NodeError::UnknownChannel => codes::ERROR_UNKNOWN_CHANNEL,
             NodeError::BadChannel => codes::ERROR_BAD_REQUEST,
             NodeError::NotAvailable => codes::ERROR_NOT_AVAILABLE,
-            NodeError::Broker(BrokerError::UnrecoverablePosition) => {
+            NodeError::Broker(BrokerError::UnrecoverablePosition)
+            | NodeError::Store(StoreError::UnrecoverablePosition) => {
                 codes::ERROR_UNRECOVERABLE_POSITION
             }
-            NodeError::Broker(BrokerError::Unavailable(_)) | NodeError::Presence(_) => {
-                codes::ERROR_INTERNAL
-            }
+            NodeError::Broker(BrokerError::Unavailable(_))
+            | NodeError::Presence(_)
+            | NodeError::Store(StoreError::Unavailable(_))
+            | NodeError::NoStore => codes::ERROR_INTERNAL,
         }
     }
 }
@@ -77,6 +85,16 @@ pub struct PublishOptions {
     pub info: Option<ClientInfo>,
     pub tags: HashMap<String, String>,
     pub skip_history: bool,
+    /// A retry with the same key (within `store.idempotency_window`) gets the
+    /// original's position back; honoured for persisted namespaces.
+    pub idempotency_key: Option<String>,
+}
+
+/// The durable store's two faces, when one is open.
+#[derive(Clone)]
+pub struct Stores {
+    pub messages: Arc<dyn MessageStore>,
+    pub conversations: Arc<dyn ConversationStore>,
 }
 
 #[derive(Debug, Clone)]
@@ -103,6 +121,7 @@ struct Shared {
     registry: Registry,
     broker: Arc<dyn Broker>,
     presence: Arc<dyn PresenceManager>,
+    store: Option<Stores>,
     uid: String,
     name: String,
     started: Instant,
@@ -114,6 +133,7 @@ impl Node {
         config: Arc<Config>,
         broker: Arc<dyn Broker>,
         presence: Arc<dyn PresenceManager>,
+        store: Option<Stores>,
     ) -> Node {
         let name = std::env::var("HOSTNAME").unwrap_or_else(|_| "herald".to_string());
         let shared = Arc::new(Shared {
@@ -122,6 +142,7 @@ impl Node {
             registry: Registry::default(),
             broker,
             presence,
+            store,
             uid: uuid::Uuid::new_v4().to_string(),
             name,
             started: Instant::now(),
@@ -129,7 +150,10 @@ impl Node {
         });
         let as_handler: Arc<dyn BrokerEventHandler> = shared.clone();
         let weak: Weak<dyn BrokerEventHandler> = Arc::downgrade(&as_handler);
-        shared.broker.set_handler(weak);
+        shared.broker.set_handler(weak.clone());
+        if let Some(store) = &shared.store {
+            store.messages.set_handler(weak);
+        }
         Node { shared }
     }
 
@@ -196,6 +220,25 @@ impl Node {
         opts: PublishOptions,
     ) -> Result<StreamPosition, NodeError> {
         let options = self.shared.rules.options(channel)?;
+        let publication = Publication {
+            data,
+            info: opts.info,
+            tags: opts.tags,
+            ..Default::default()
+        };
+        if options.persist {
+            // The store sequences, commits, then hands the publication to the fan-out.
+            let append = Append {
+                channel: channel.to_string(),
+                publication,
+                idempotency_key: opts.idempotency_key,
+                retention: Retention {
+                    max_age: options.history_max_age,
+                    max_count: options.history_max_count,
+                },
+            };
+            return Ok(self.stores()?.messages.append(append).await?.position);
+        }
         let history = if opts.skip_history {
             HistoryOptions::default()
         } else {
@@ -204,18 +247,100 @@ impl Node {
                 ttl: options.history_ttl,
             }
         };
-        let publication = Publication {
-            data,
-            info: opts.info,
-            tags: opts.tags,
-            ..Default::default()
-        };
-        let pos = self
+        Ok(self
             .shared
             .broker
             .publish(channel, publication, history)
+            .await?)
+    }
+
+    /// An event delivered to current subscribers only: not stored, no offset (typing
+    /// indicators, read receipts). SDKs ignore offset 0 for their position tracking.
+    pub async fn publish_ephemeral(
+        &self,
+        channel: &str,
+        data: Bytes,
+        info: Option<ClientInfo>,
+    ) -> Result<(), NodeError> {
+        self.shared.rules.options(channel)?;
+        let publication = Publication {
+            data,
+            info,
+            ..Default::default()
+        };
+        self.shared
+            .broker
+            .publish(channel, publication, HistoryOptions::default())
             .await?;
-        Ok(pos)
+        Ok(())
+    }
+
+    fn stores(&self) -> Result<&Stores, NodeError> {
+        self.shared.store.as_ref().ok_or(NodeError::NoStore)
+    }
+
+    /// The conversation store, for membership and read markers.
+    pub fn conversations(&self) -> Result<&Arc<dyn ConversationStore>, NodeError> {
+        Ok(&self.stores()?.conversations)
+    }
+
+    /// Whether `user` belongs to the conversation `channel`: named in a user-limited
+    /// channel, or a stored member.
+    pub async fn is_member(&self, channel: &str, user: &str) -> Result<bool, NodeError> {
+        if user.is_empty() {
+            return Ok(false);
+        }
+        if let Some(allowed) = channels::user_limited_allows(channel, user) {
+            return Ok(allowed);
+        }
+        Ok(self.conversations()?.is_member(channel, user).await?)
+    }
+
+    /// The user's conversations (memberships and DMs of every `members` namespace)
+    /// with tops, read markers, unread counts and last messages.
+    pub async fn user_conversations(
+        &self,
+        user: &str,
+    ) -> Result<Vec<crate::store::ConversationSummary>, NodeError> {
+        let store = self.conversations()?;
+        let mut dms = Vec::new();
+        let cfg = &self.shared.config;
+        for ns in cfg.namespaces.iter().filter(|n| n.options.members) {
+            dms.extend(store.dm_channels(user, &format!("{}:", ns.name)).await?);
+        }
+        Ok(store.conversations(user, &dms).await?)
+    }
+
+    /// Publications after `since`, for a resubscribing client; an error when the gap
+    /// cannot be filled (too old, other epoch, or longer than `store.max_recovery`).
+    pub async fn recover(
+        &self,
+        channel: &str,
+        since: StreamPosition,
+    ) -> Result<(Vec<Publication>, StreamPosition), NodeError> {
+        let options = self.shared.rules.options(channel)?;
+        if options.persist {
+            let max = self.shared.config.store.max_recovery;
+            let filter = HistoryFilter {
+                since: Some(since),
+                limit: Some(max + 1),
+                reverse: false,
+            };
+            let (pubs, top) = self.stores()?.messages.history(channel, filter).await?;
+            if pubs.len() > max {
+                return Err(StoreError::UnrecoverablePosition.into());
+            }
+            return Ok((pubs, top));
+        }
+        if !options.history_enabled() {
+            return Err(NodeError::NotAvailable);
+        }
+        let filter = HistoryFilter {
+            since: Some(since),
+            limit: None,
+            reverse: false,
+        };
+        Ok(self.shared.broker.history(channel, filter).await?)
     }
 
     pub async fn history(
@@ -224,6 +349,14 @@ impl Node {
         filter: HistoryFilter,
     ) -> Result<(Vec<Publication>, StreamPosition), NodeError> {
         let options = self.shared.rules.options(channel)?;
+        if options.persist {
+            let max = self.shared.config.store.max_history_page;
+            let filter = HistoryFilter {
+                limit: Some(filter.limit.unwrap_or(max).min(max)),
+                ..filter
+            };
+            return Ok(self.stores()?.messages.history(channel, filter).await?);
+        }
         if !options.history_enabled() {
             return Err(NodeError::NotAvailable);
         }
@@ -231,7 +364,9 @@ impl Node {
     }
 
     pub async fn remove_history(&self, channel: &str) -> Result<(), NodeError> {
-        self.shared.rules.options(channel)?;
+        if self.shared.rules.options(channel)?.persist {
+            return Ok(self.stores()?.messages.remove_history(channel).await?);
+        }
         Ok(self.shared.broker.remove_history(channel).await?)
     }
 

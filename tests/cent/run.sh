@@ -11,10 +11,11 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')"
 log="$(mktemp)"
+data="$(mktemp -d)"
 HERALD_HTTP__ADDR="127.0.0.1:$port" HERALD_API__KEY=cent-key HERALD_AUTH__HMAC_SECRET=cent-secret \
-    "$bin" serve >"$log" 2>&1 &
+    HERALD_STORE__PATH="$data" "$bin" serve >"$log" 2>&1 &
 pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -f "$log"' EXIT
+trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$log" "$data"' EXIT
 for _ in $(seq 1 100); do
     curl -fs "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
     sleep 0.1
