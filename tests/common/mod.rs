@@ -86,12 +86,18 @@ impl Server {
     /// A server with extra settings given as environment overrides, e.g.
     /// `("HERALD_CLIENT__MAX_SUBSCRIPTIONS", "2")`.
     pub fn start_with(env: &[(&str, &str)]) -> Server {
+        Server::start_config(BASE_TOML, env)
+    }
+
+    /// A server with its own config file text (instead of the base namespaces) and
+    /// environment overrides.
+    pub fn start_config(toml: &str, env: &[(&str, &str)]) -> Server {
         let mut vars = vec![
             ("HERALD_API__KEY".to_string(), API_KEY.to_string()),
             ("HERALD_AUTH__HMAC_SECRET".to_string(), SECRET.to_string()),
         ];
         vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let config = Config::load_from(Some(BASE_TOML), "test", vars).expect("test config");
+        let config = Config::load_from(Some(toml), "test", vars).expect("test config");
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("local addr");
