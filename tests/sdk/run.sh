@@ -35,6 +35,7 @@ PORT="$(node -e '
 API_KEY="sdk-api-key-$RANDOM$RANDOM"
 SECRET="sdk-hmac-secret-$RANDOM$RANDOM"
 LOG="${HERALD_SDK_LOG:-$(mktemp -t herald-sdk.XXXXXX.log)}"
+STORE_DIR="$(mktemp -d -t herald-sdk-store.XXXXXX)"
 
 SERVER_PID=""
 cleanup() {
@@ -48,6 +49,7 @@ cleanup() {
     wait "$SERVER_PID" 2>/dev/null || true
   fi
   if [ -z "${HERALD_SDK_LOG:-}" ]; then rm -f "$LOG"; fi
+  rm -rf "$STORE_DIR"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -56,6 +58,7 @@ trap 'exit 143' TERM
 HERALD_HTTP__ADDR="127.0.0.1:$PORT" \
 HERALD_API__KEY="$API_KEY" \
 HERALD_AUTH__HMAC_SECRET="$SECRET" \
+HERALD_STORE__PATH="$STORE_DIR" \
 RUST_LOG="${RUST_LOG:-info}" \
   "$BIN" serve --config "$SDK_DIR/herald-sdk.toml" >"$LOG" 2>&1 &
 SERVER_PID=$!

@@ -41,6 +41,9 @@ for (const t of TRANSPORTS) {
       // Leaving removes the client from presence.
       sb.unsubscribe();
       await sb.rec.wait('unsubscribed');
+      // The SDK reports 'unsubscribed' before the server has handled the command; a
+      // reply to a later command on the same connection proves it was handled.
+      await rejection(b.rpc('no.such.method', t.encode({})), 'rpc after unsubscribe');
       const after = await sa.presence();
       assert.deepEqual(Object.keys(after.clients).sort(), [ca.client, ca2.client].sort());
       closeClient(a);
