@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use prost::Message as _;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
 
 use super::{
@@ -27,9 +27,12 @@ use crate::broker::{BrokerEventHandler, HistoryFilter};
 use crate::node::channels::user_limited_allows;
 use crate::protocol::messages::{Publication, StreamPosition};
 
-const MIGRATIONS: &[&str] = &[include_str!("../../schema/sqlite/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../schema/sqlite/0001_init.sql"),
+    include_str!("../../schema/sqlite/0002_fewer_indexes.sql"),
+];
 /// Appends committed in one transaction at most.
-const MAX_BATCH: usize = 1024;
+const MAX_BATCH: usize = 8192;
 const READERS: usize = 4;
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(10);
 
@@ -83,6 +86,10 @@ pub struct SqliteStore {
 fn open(path: &Path, flags: OpenFlags) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(Duration::from_secs(5))?;
+    // A 64 MiB page cache and memory-mapped reads: B-tree pages of hot channels stay in
+    // memory instead of being copied from the OS cache on every lookup.
+    conn.pragma_update(None, "cache_size", -65_536)?;
+    conn.pragma_update(None, "mmap_size", 1_i64 << 30)?;
     Ok(conn)
 }
 
@@ -118,6 +125,10 @@ impl SqliteStore {
         };
         writer
             .pragma_update(None, "synchronous", sync)
+            .map_err(unavailable)?;
+        // Checkpoint every ~40 MiB of WAL instead of ~4 MiB: fewer stalls of the writer.
+        writer
+            .pragma_update(None, "wal_autocheckpoint", 10_000)
             .map_err(unavailable)?;
         migrate(&mut writer).map_err(unavailable)?;
         let mut readers = Vec::with_capacity(READERS);
@@ -552,13 +563,32 @@ impl Writer {
     fn commit_batch(&mut self, appends: Vec<(Box<Append>, Reply<Appended>)>) {
         let mut results = Vec::with_capacity(appends.len());
         let outcome = (|| -> rusqlite::Result<()> {
-            let tx = self.conn.transaction()?;
+            let mut tx = self.conn.transaction()?;
+            let mut touched: HashMap<&str, u64> = HashMap::new();
             for (req, _) in &appends {
-                let r = match append_one(&tx, &mut self.tops, req, self.window_ms) {
-                    Ok(p) => p,
-                    Err(e) => Pending::Failed(unavailable(e)),
+                // A savepoint per append: one failing append leaves nothing behind and
+                // does not fail the others.
+                let sp = tx.savepoint()?;
+                let r = match append_one(&sp, &mut self.tops, req, self.window_ms) {
+                    Ok(p) => {
+                        sp.commit()?;
+                        p
+                    }
+                    Err(e) => {
+                        drop(sp);
+                        self.tops.remove(&req.channel);
+                        Pending::Failed(unavailable(e))
+                    }
                 };
+                if let Pending::Fresh { position, .. } = &r {
+                    touched.insert(&req.channel, position.offset);
+                }
                 results.push(r);
+            }
+            // The channel's top is written once per batch, not once per message.
+            for (channel, top) in touched {
+                tx.prepare_cached("UPDATE channels SET top = ?2 WHERE channel = ?1")?
+                    .execute(params![channel, top as i64])?;
             }
             tx.commit()
         })();
@@ -613,11 +643,14 @@ impl Writer {
             tracing::warn!(cause = %e, "idempotency cleanup failed");
         }
         for (channel, age) in &self.retention {
+            // Time grows with the offset inside a channel: delete the oldest run whose
+            // time is past the cutoff, looking at no more than a bounded prefix.
             let cutoff = now - age.as_millis() as i64;
-            if let Err(e) = self.conn.execute(
-                "DELETE FROM messages WHERE channel = ?1 AND time_ms < ?2",
-                params![channel, cutoff],
-            ) {
+            let sql = "DELETE FROM messages WHERE channel = ?1 AND offset <= (
+                 SELECT MAX(offset) FROM (
+                     SELECT offset, time_ms FROM messages WHERE channel = ?1 ORDER BY offset LIMIT 10000
+                 ) WHERE time_ms < ?2)";
+            if let Err(e) = self.conn.execute(sql, params![channel, cutoff]) {
                 tracing::warn!(cause = %e, channel, "retention cleanup failed");
             }
         }
@@ -625,7 +658,7 @@ impl Writer {
 }
 
 fn load_top(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     tops: &mut HashMap<String, (String, u64)>,
     channel: &str,
 ) -> rusqlite::Result<(String, u64)> {
@@ -655,7 +688,7 @@ fn load_top(
 }
 
 fn append_one(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     tops: &mut HashMap<String, (String, u64)>,
     req: &Append,
     window_ms: i64,
