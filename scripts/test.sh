@@ -46,4 +46,11 @@ tests/sdk/run.sh "$PWD/target/debug/herald"
 step "PyPI cent client against a running Herald (tests/cent)"
 tests/cent/run.sh "$PWD/target/debug/herald"
 
+step "operations: dashboards, alerts, /metrics, compose, OpenAPI (tests/ops)"
+tests/ops/run.sh "$PWD/target/debug/herald"
+
+# The release binary, built exactly as the Dockerfile builds it.
+step "release build (as in the Dockerfile)"
+cargo build --release --locked --bin herald
+
 step "all tests passed"

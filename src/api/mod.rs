@@ -2,6 +2,7 @@
 
 pub mod conversations;
 pub mod methods;
+pub mod openapi;
 
 use std::sync::Arc;
 use std::time::Instant;
