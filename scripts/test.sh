@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
+# Where cargo puts binaries (CARGO_TARGET_DIR may move it).
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+herald="$target/debug/herald"
 
 # --- prerequisites -----------------------------------------------------------
 apt_install() {
@@ -41,13 +44,13 @@ cargo test --workspace --locked
 # --- official Centrifugo JS SDK against a running Herald ----------------------
 step "official JS SDK conformance (tests/sdk)"
 cargo build --locked --bin herald
-tests/sdk/run.sh "$PWD/target/debug/herald"
+tests/sdk/run.sh "$herald"
 
 step "PyPI cent client against a running Herald (tests/cent)"
-tests/cent/run.sh "$PWD/target/debug/herald"
+tests/cent/run.sh "$herald"
 
 step "operations: dashboards, alerts, /metrics, compose, OpenAPI (tests/ops)"
-tests/ops/run.sh "$PWD/target/debug/herald"
+tests/ops/run.sh "$herald"
 
 # The release binary, built exactly as the Dockerfile builds it.
 step "release build (as in the Dockerfile)"
