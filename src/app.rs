@@ -117,7 +117,10 @@ pub async fn run(
             .app_data(web::Data::new(gateway_state.clone()))
             .app_data(web::Data::new(api_state.clone()))
             .route("/connection/websocket", web::get().to(gateway::endpoint))
-            .route("/api/openapi.json", web::get().to(api::openapi::openapi_json))
+            .route(
+                "/api/openapi.json",
+                web::get().to(api::openapi::openapi_json),
+            )
             .route("/api", web::post().to(api::api_legacy))
             .route("/api/{method}", web::post().to(api::api_method))
             .route("/health", web::get().to(api::health))
