@@ -20,6 +20,13 @@ pub const FRAMES_OUT_TOTAL: &str = "herald_transport_frames_out_total";
 pub const QUEUE_DROPPED_TOTAL: &str = "herald_outbound_queue_full_total";
 pub const API_REQUESTS_TOTAL: &str = "herald_api_requests_total";
 pub const API_REQUEST_SECONDS: &str = "herald_api_request_duration_seconds";
+pub const STORE_COMMIT_SECONDS: &str = "herald_store_commit_seconds";
+pub const STORE_APPENDS_TOTAL: &str = "herald_store_appends_total";
+pub const STORE_ERRORS_TOTAL: &str = "herald_store_errors_total";
+pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "herald_process_resident_memory_bytes";
+pub const PROCESS_CPU_SECONDS_TOTAL: &str = "herald_process_cpu_seconds_total";
+pub const PROCESS_OPEN_FDS: &str = "herald_process_open_fds";
+pub const PROCESS_THREADS: &str = "herald_process_threads";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -97,4 +104,86 @@ fn describe() {
         Unit::Seconds,
         "Server API call duration."
     );
+    describe_histogram!(
+        STORE_COMMIT_SECONDS,
+        Unit::Seconds,
+        "Embedded store group commits, from BEGIN to durable COMMIT."
+    );
+    describe_counter!(
+        STORE_APPENDS_TOTAL,
+        "Store appends by result (ok, duplicate, error)."
+    );
+    describe_counter!(
+        STORE_ERRORS_TOTAL,
+        "Store operations that failed, by operation."
+    );
+    describe_gauge!(
+        PROCESS_RESIDENT_MEMORY_BYTES,
+        Unit::Bytes,
+        "Resident memory of the Herald process."
+    );
+    describe_counter!(
+        PROCESS_CPU_SECONDS_TOTAL,
+        Unit::Seconds,
+        "User and system CPU time of the Herald process (whole seconds)."
+    );
+    describe_gauge!(
+        PROCESS_OPEN_FDS,
+        "Open file descriptors (sockets included) of the Herald process."
+    );
+    describe_gauge!(PROCESS_THREADS, "Threads of the Herald process.");
+    zero_series();
+}
+
+/// Series that alerts and dashboards rely on exist from the start, at zero, so that a
+/// fresh node shows them and `increase()` sees the first event.
+fn zero_series() {
+    metrics::gauge!(CONNECTIONS).set(0.0);
+    metrics::gauge!(SUBSCRIPTIONS).set(0.0);
+    metrics::counter!(DELIVERIES_TOTAL).absolute(0);
+    metrics::counter!(QUEUE_DROPPED_TOTAL).absolute(0);
+    for source in ["client", "api"] {
+        metrics::counter!(PUBLICATIONS_TOTAL, "source" => source).absolute(0);
+    }
+    for code in ["3001", "3008", "3012"] {
+        metrics::counter!(DISCONNECTS_TOTAL, "code" => code).absolute(0);
+    }
+}
+
+/// Reads the process's own resource use from /proc (Linux); called on each scrape.
+pub fn sample_process() {
+    #[cfg(target_os = "linux")]
+    {
+        // Page size and clock ticks of every Linux platform Herald targets.
+        const PAGE: u64 = 4096;
+        const TICKS: u64 = 100;
+        if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
+            if let Some(rss) = statm
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                metrics::gauge!(PROCESS_RESIDENT_MEMORY_BYTES).set((rss * PAGE) as f64);
+            }
+        }
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            // Fields after the command name (which may contain spaces) start at ")";
+            // utime, stime and num_threads are fields 14, 15 and 20 of stat.
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map(|(_, r)| r.split_whitespace().collect())
+                .unwrap_or_default();
+            let num = |i: usize| {
+                fields
+                    .get(i)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            metrics::counter!(PROCESS_CPU_SECONDS_TOTAL).absolute((num(11) + num(12)) / TICKS);
+            metrics::gauge!(PROCESS_THREADS).set(num(17) as f64);
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            metrics::gauge!(PROCESS_OPEN_FDS).set(dir.count() as f64);
+        }
+    }
 }

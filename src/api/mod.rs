@@ -165,9 +165,12 @@ pub async fn ready(state: web::Data<ApiState>) -> HttpResponse {
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics_endpoint(state: web::Data<ApiState>) -> HttpResponse {
     match &state.prometheus {
-        Some(h) => HttpResponse::Ok()
-            .content_type("text/plain; version=0.0.4")
-            .body(h.render()),
+        Some(h) => {
+            crate::metrics::sample_process();
+            HttpResponse::Ok()
+                .content_type("text/plain; version=0.0.4")
+                .body(h.render())
+        }
         None => HttpResponse::ServiceUnavailable().body("metrics recorder not installed"),
     }
 }

@@ -24,6 +24,7 @@ use super::{
     Append, Appended, ConversationStore, ConversationSummary, MessageStore, Retention, StoreError,
 };
 use crate::broker::{BrokerEventHandler, HistoryFilter};
+use crate::metrics as m;
 use crate::node::channels::user_limited_allows;
 use crate::protocol::messages::{Publication, StreamPosition};
 
@@ -561,6 +562,7 @@ impl Writer {
     }
 
     fn commit_batch(&mut self, appends: Vec<(Box<Append>, Reply<Appended>)>) {
+        let started = Instant::now();
         let mut results = Vec::with_capacity(appends.len());
         let outcome = (|| -> rusqlite::Result<()> {
             let mut tx = self.conn.transaction()?;
@@ -596,12 +598,16 @@ impl Writer {
             // Nothing of the batch is durable: forget cached tops (they may have moved
             // inside the rolled-back transaction) and fail every caller.
             tracing::error!(cause = %e, "store commit failed");
+            metrics::counter!(m::STORE_ERRORS_TOTAL, "op" => "commit").increment(1);
+            metrics::counter!(m::STORE_APPENDS_TOTAL, "result" => "error")
+                .increment(appends.len() as u64);
             self.tops.clear();
             for (_, reply) in appends {
                 let _ = reply.send(Err(unavailable(&e)));
             }
             return;
         }
+        metrics::histogram!(m::STORE_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
         let handler = self.handler.read().as_ref().and_then(Weak::upgrade);
         for ((req, reply), r) in appends.into_iter().zip(results) {
             if !req.retention.max_age.is_zero() {
@@ -617,16 +623,23 @@ impl Writer {
                     if let Some(h) = &handler {
                         h.handle_publication(&channel, Arc::new(*publication));
                     }
+                    metrics::counter!(m::STORE_APPENDS_TOTAL, "result" => "ok").increment(1);
                     Ok(Appended {
                         position,
                         duplicate: false,
                     })
                 }
-                Pending::Duplicate(position) => Ok(Appended {
-                    position,
-                    duplicate: true,
-                }),
-                Pending::Failed(e) => Err(e),
+                Pending::Duplicate(position) => {
+                    metrics::counter!(m::STORE_APPENDS_TOTAL, "result" => "duplicate").increment(1);
+                    Ok(Appended {
+                        position,
+                        duplicate: true,
+                    })
+                }
+                Pending::Failed(e) => {
+                    metrics::counter!(m::STORE_APPENDS_TOTAL, "result" => "error").increment(1);
+                    Err(e)
+                }
             };
             let _ = reply.send(answer);
         }
