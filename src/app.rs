@@ -19,6 +19,7 @@ use crate::gateway::{self, GatewayState};
 use crate::node::{Node, Stores};
 use crate::presence::memory::MemoryPresence;
 use crate::protocol::codes;
+use crate::store::scylla::{ScyllaOptions, ScyllaStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore, Sync};
 
 fn random_secret() -> String {
@@ -50,32 +51,71 @@ pub fn fill_missing_secrets(config: &mut Config) -> Vec<String> {
     notes
 }
 
-/// Opens the embedded store when a namespace needs it (persisted history or members).
-fn open_store(config: &Config) -> anyhow::Result<Option<Stores>> {
+/// Opens the durable store (`store.kind`: embedded SQLite or ScyllaDB) when a namespace
+/// needs it (persisted history or members).
+async fn open_store(config: &Config) -> anyhow::Result<Option<Stores>> {
     let needed = std::iter::once(&config.channel)
         .chain(config.namespaces.iter().map(|n| &n.options))
         .any(|o| o.persist || o.members);
     if !needed {
         return Ok(None);
     }
-    let path = std::path::Path::new(&config.store.path).join("herald.db");
-    let sync = if config.store.sync == "normal" {
-        Sync::Normal
-    } else {
-        Sync::Full
-    };
-    let store = SqliteStore::open(SqliteOptions {
-        path: path.clone(),
-        sync,
-        idempotency_window: config.store.idempotency_window,
-    })
-    .map_err(|e| anyhow::anyhow!("cannot open the store at {}: {e}", path.display()))?;
+    if config.store.kind == "scylla" {
+        let options = ScyllaOptions::from_config(&config.store).map_err(anyhow::Error::msg)?;
+        let store = ScyllaStore::open(options)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open the ScyllaDB store: {e}"))?;
+        tracing::info!(
+            nodes = %config.store.scylla_uri,
+            keyspace = %config.store.scylla_keyspace,
+            "ScyllaDB store open"
+        );
+        return Ok(Some(Stores {
+            messages: Arc::new(store.clone()),
+            conversations: Arc::new(store),
+        }));
+    }
+    let options = sqlite_options(config);
+    let path = options.path.clone();
+    let store = SqliteStore::open(options)
+        .map_err(|e| anyhow::anyhow!("cannot open the store at {}: {e}", path.display()))?;
     let store = Arc::new(store);
     tracing::info!(path = %path.display(), "embedded store open");
     Ok(Some(Stores {
         messages: Arc::new(store.clone()),
         conversations: Arc::new(store),
     }))
+}
+
+fn sqlite_options(config: &Config) -> SqliteOptions {
+    let sync = if config.store.sync == "normal" {
+        Sync::Normal
+    } else {
+        Sync::Full
+    };
+    SqliteOptions {
+        path: std::path::Path::new(&config.store.path).join("herald.db"),
+        sync,
+        idempotency_window: config.store.idempotency_window,
+    }
+}
+
+/// `herald migrate`: brings the configured store's schema up to date. ScyllaDB: creates
+/// the keyspace if needed, applies the CQL files of schema/cql/ not yet recorded, and
+/// records the version. SQLite: opening the store applies its migrations.
+pub async fn migrate(config: &Config) -> anyhow::Result<String> {
+    if config.store.kind == "scylla" {
+        let options = ScyllaOptions::from_config(&config.store).map_err(anyhow::Error::msg)?;
+        let report = crate::store::scylla::migrate(&options)
+            .await
+            .map_err(|e| anyhow::anyhow!("migrate failed: {e}"))?;
+        return Ok(report.to_string());
+    }
+    let options = sqlite_options(config);
+    let path = options.path.clone();
+    SqliteStore::open(options)
+        .map_err(|e| anyhow::anyhow!("cannot open the store at {}: {e}", path.display()))?;
+    Ok(format!("sqlite store {} is up to date", path.display()))
 }
 
 /// Serves on `listener` until `shutdown` completes, then drains and returns.
@@ -93,7 +133,7 @@ pub async fn run(
         config.clone(),
         Arc::new(MemoryBroker::new()),
         Arc::new(MemoryPresence::default()),
-        open_store(&config)?,
+        open_store(&config).await?,
     );
     let verifier = Arc::new(
         Verifier::new(&config.auth, &config.auth.hmac_secret).map_err(anyhow::Error::msg)?,

@@ -55,12 +55,17 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
+    /// "sqlite" or "scylla".
+    pub kind: String,
     pub path: String,
     pub sync: String,
     #[serde(deserialize_with = "duration")]
     pub idempotency_window: Duration,
     pub max_history_page: usize,
     pub max_recovery: usize,
+    pub scylla_uri: String,
+    pub scylla_keyspace: String,
+    pub scylla_replication: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -260,6 +265,18 @@ impl Config {
                 format!("{:?}: use \"full\" or \"normal\"", self.store.sync),
             ));
         }
+        if !matches!(self.store.kind.as_str(), "sqlite" | "scylla") {
+            return Err(bad(
+                "store.kind",
+                format!("{:?}: use \"sqlite\" or \"scylla\"", self.store.kind),
+            ));
+        }
+        crate::store::scylla::parse_nodes(&self.store.scylla_uri)
+            .map_err(|e| bad("store.scylla_uri", e))?;
+        crate::store::scylla::check_keyspace(&self.store.scylla_keyspace)
+            .map_err(|e| bad("store.scylla_keyspace", e))?;
+        crate::store::scylla::check_replication(&self.store.scylla_replication)
+            .map_err(|e| bad("store.scylla_replication", e))?;
         if self.store.path.is_empty() {
             return Err(bad("store.path", "must not be empty"));
         }
@@ -538,6 +555,40 @@ mod tests {
         let e = Config::load_from(None, "-", env(&[("HERALD_CLIENT__MAX_FRAME_BYTES", "-1")]))
             .unwrap_err();
         assert!(e.to_string().contains("client.max_frame_bytes"), "{e}");
+    }
+
+    #[test]
+    fn store_kind_and_scylla_keys() {
+        let c = Config::load_from(None, "-", env(&[])).unwrap();
+        assert_eq!(c.store.kind, "sqlite");
+        assert_eq!(c.store.scylla_uri, "127.0.0.1:9042");
+        assert_eq!(c.store.scylla_keyspace, "herald");
+        let c = Config::load_from(
+            Some("[store]\nkind = \"scylla\"\nscylla_keyspace = \"chat_prod\"\n"),
+            "f",
+            env(&[("HERALD_STORE__SCYLLA_URI", "10.0.0.1:9042,10.0.0.2:9042")]),
+        )
+        .unwrap();
+        assert_eq!(c.store.kind, "scylla");
+        assert_eq!(c.store.scylla_keyspace, "chat_prod");
+        assert_eq!(c.store.scylla_uri, "10.0.0.1:9042,10.0.0.2:9042");
+        for (var, value, key) in [
+            ("HERALD_STORE__KIND", "postgres", "store.kind"),
+            ("HERALD_STORE__SCYLLA_URI", " , ", "store.scylla_uri"),
+            (
+                "HERALD_STORE__SCYLLA_KEYSPACE",
+                "my-keyspace",
+                "store.scylla_keyspace",
+            ),
+            (
+                "HERALD_STORE__SCYLLA_REPLICATION",
+                "3",
+                "store.scylla_replication",
+            ),
+        ] {
+            let e = Config::load_from(None, "-", env(&[(var, value)])).unwrap_err();
+            assert!(e.to_string().contains(key), "{var}: {e}");
+        }
     }
 
     #[test]

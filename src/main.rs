@@ -42,6 +42,15 @@ enum Command {
         #[arg(long)]
         config: Option<String>,
     },
+    /// Bring the durable store's schema up to date and exit.
+    ///
+    /// store.kind = "scylla": create the keyspace if needed and apply the CQL files of
+    /// schema/cql/ it has not recorded yet (idempotent; records the version).
+    /// store.kind = "sqlite": open the store, which applies its migrations.
+    Migrate {
+        #[arg(long)]
+        config: Option<String>,
+    },
     /// Validate a config file (with the environment applied) and exit.
     CheckConfig { file: String },
     /// Print the version.
@@ -98,6 +107,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 channel: None,
             };
             println!("{}", mint_hs256(&cfg.auth.hmac_secret, &claims)?);
+            Ok(())
+        }
+        Command::Migrate { config } => {
+            let cfg = Config::load(config.as_deref())?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            println!("{}", rt.block_on(herald::app::migrate(&cfg))?);
             Ok(())
         }
         Command::CheckConfig { file } => {

@@ -1,11 +1,13 @@
 //! Durable state: the message history of persisted namespaces, conversation members,
 //! read markers.
 //!
-//! `sqlite` is the embedded single-node backend. A store assigns offsets in single-node
-//! mode and hands every committed publication, in offset order, to the node's
+//! `sqlite` is the embedded single-node backend; `scylla` the ScyllaDB (or Cassandra)
+//! backend for cluster deployments, chosen with `store.kind`. A store assigns offsets in
+//! single-node mode and hands every committed publication, in offset order, to the node's
 //! [`BrokerEventHandler`] so the fan-out sees exactly the order of the log. Every backend
 //! passes the conformance suite in `conformance.rs`.
 
+pub mod scylla;
 pub mod sqlite;
 
 use std::sync::Weak;
