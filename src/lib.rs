@@ -19,7 +19,7 @@
 //! - [`node`]: local subscriptions, the one publish path, fan-out.
 //! - [`broker`]: trait + in-memory backend: offsets, epochs, history, delivery.
 //! - [`presence`]: trait + in-memory backend.
-//! - [`store`]: durable history, members, read markers (embedded SQLite).
+//! - [`store`]: durable history, members, read markers (embedded SQLite, or ScyllaDB).
 //! - [`api`]: server HTTP API, health, readiness, metrics endpoint.
 //! - [`auth`]: JWT verification and API keys.
 //! - [`config`]: typed configuration with compiled-in defaults.

@@ -15,7 +15,7 @@ struct Recorder {
 }
 
 impl BrokerEventHandler for Recorder {
-    fn handle_publication(&self, channel: &str, p: Arc<Publication>) {
+    fn handle_publication(&self, channel: &str, p: Arc<Publication>, _epoch: &str) {
         self.pubs
             .lock()
             .push((channel.to_string(), p.offset, p.data.clone()));

@@ -118,7 +118,7 @@ impl Broker for MemoryBroker {
         if !history.enabled() {
             // No stream: nothing to sequence, deliver as is (offset 0).
             if let Some(h) = handler {
-                h.handle_publication(channel, Arc::new(publication));
+                h.handle_publication(channel, Arc::new(publication), "");
             }
             return Ok(StreamPosition::default());
         }
@@ -135,7 +135,7 @@ impl Broker for MemoryBroker {
         s.expires = Some(now + history.ttl);
         let pos = s.position();
         if let Some(h) = handler {
-            h.handle_publication(channel, Arc::new(publication));
+            h.handle_publication(channel, Arc::new(publication), &pos.epoch);
         }
         Ok(pos)
     }

@@ -64,8 +64,9 @@ pub fn limit_from_protocol(limit: i32) -> Option<usize> {
 
 /// Receives what the broker delivers to this node. Implemented by the node.
 pub trait BrokerEventHandler: Send + Sync {
-    /// Called in offset order for each channel this node subscribed to.
-    fn handle_publication(&self, channel: &str, publication: Arc<Publication>);
+    /// Called in offset order for each channel this node subscribed to; `epoch` is the
+    /// channel stream's epoch (empty for publications without an offset).
+    fn handle_publication(&self, channel: &str, publication: Arc<Publication>, epoch: &str);
     fn handle_join(&self, channel: &str, info: ClientInfo);
     fn handle_leave(&self, channel: &str, info: ClientInfo);
 }

@@ -6,6 +6,7 @@
 
 pub mod channels;
 pub mod conn;
+pub mod observer;
 pub mod registry;
 
 use std::cell::OnceCell;
@@ -122,6 +123,8 @@ struct Shared {
     broker: Arc<dyn Broker>,
     presence: Arc<dyn PresenceManager>,
     store: Option<Stores>,
+    /// Kafka egress, push fallback. Read on every publication, written at start-up.
+    observers: parking_lot::RwLock<Vec<Arc<dyn observer::PublicationObserver>>>,
     uid: String,
     name: String,
     started: Instant,
@@ -143,6 +146,7 @@ impl Node {
             broker,
             presence,
             store,
+            observers: parking_lot::RwLock::new(Vec::new()),
             uid: uuid::Uuid::new_v4().to_string(),
             name,
             started: Instant::now(),
@@ -155,6 +159,17 @@ impl Node {
             store.messages.set_handler(weak);
         }
         Node { shared }
+    }
+
+    /// Adds an observer of every publication (see [`observer::PublicationObserver`]).
+    pub fn add_observer(&self, o: Arc<dyn observer::PublicationObserver>) {
+        self.shared.observers.write().push(o);
+    }
+
+    /// Whether one of `user`'s connections on this node is subscribed to `channel`
+    /// (the push fallback skips users who got the publication live).
+    pub fn user_subscribed_locally(&self, user: &str, channel: &str) -> bool {
+        self.shared.registry.user_subscribed(user, channel)
     }
 
     pub fn config(&self) -> &Config {
@@ -493,7 +508,7 @@ impl Prepared {
 }
 
 impl BrokerEventHandler for Shared {
-    fn handle_publication(&self, channel: &str, publication: Arc<Publication>) {
+    fn handle_publication(&self, channel: &str, publication: Arc<Publication>, epoch: &str) {
         let offset = publication.offset;
         let prepared = Prepared::new(Push {
             channel: channel.to_string(),
@@ -510,6 +525,9 @@ impl BrokerEventHandler for Shared {
             });
         });
         metrics::counter!(m::DELIVERIES_TOTAL).increment(n as u64);
+        for o in self.observers.read().iter() {
+            o.on_publication(channel, &publication, epoch);
+        }
     }
 
     fn handle_join(&self, channel: &str, info: ClientInfo) {
@@ -538,5 +556,56 @@ impl BrokerEventHandler for Shared {
                     .deliver(Outbound::Frame(prepared.frame(sub.conn.format)));
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::memory::MemoryBroker;
+    use crate::presence::memory::MemoryPresence;
+
+    #[derive(Default)]
+    struct Seen(parking_lot::Mutex<Vec<(String, u64, String)>>);
+
+    impl observer::PublicationObserver for Seen {
+        fn on_publication(&self, channel: &str, p: &Arc<Publication>, epoch: &str) {
+            self.0
+                .lock()
+                .push((channel.to_string(), p.offset, epoch.to_string()));
+        }
+    }
+
+    #[tokio::test]
+    async fn observers_see_every_publication_with_its_position() {
+        let config = Arc::new(Config::load_from(None, "t", vec![]).unwrap());
+        let node = Node::new(
+            config,
+            Arc::new(MemoryBroker::new()),
+            Arc::new(MemoryPresence::default()),
+            None,
+        );
+        let seen = Arc::new(Seen::default());
+        node.add_observer(seen.clone());
+        let a = node
+            .publish("news", Bytes::from_static(b"{}"), PublishOptions::default())
+            .await
+            .unwrap();
+        let b = node
+            .publish("news", Bytes::from_static(b"{}"), PublishOptions::default())
+            .await
+            .unwrap();
+        node.publish_ephemeral("news", Bytes::from_static(b"{}"), None)
+            .await
+            .unwrap();
+        let got = seen.0.lock().clone();
+        assert_eq!(
+            got,
+            vec![
+                ("news".to_string(), a.offset, a.epoch.clone()),
+                ("news".to_string(), b.offset, b.epoch),
+                ("news".to_string(), 0, String::new()),
+            ]
+        );
     }
 }

@@ -141,6 +141,15 @@ impl Registry {
             .collect()
     }
 
+    /// Whether any connection of `user` is subscribed to `channel`.
+    pub fn user_subscribed(&self, user: &str, channel: &str) -> bool {
+        let shard = self.channels[self.idx(channel)].read();
+        let Some(subs) = shard.get(channel) else {
+            return false;
+        };
+        subs.values().any(|s| &*s.conn.user == user)
+    }
+
     pub fn all_conns(&self) -> Vec<Arc<ConnHandle>> {
         self.conns
             .iter()

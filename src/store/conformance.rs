@@ -15,7 +15,7 @@ use crate::protocol::messages::{ClientInfo, Publication, StreamPosition};
 struct Recorder(Mutex<Vec<(String, u64)>>);
 
 impl BrokerEventHandler for Recorder {
-    fn handle_publication(&self, channel: &str, p: Arc<Publication>) {
+    fn handle_publication(&self, channel: &str, p: Arc<Publication>, _epoch: &str) {
         self.0.lock().push((channel.to_string(), p.offset));
     }
     fn handle_join(&self, _: &str, _: ClientInfo) {}

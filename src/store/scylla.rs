@@ -790,7 +790,7 @@ impl Sequencer {
                     if let Some(h) = &handler {
                         let mut p = publication;
                         p.offset = offset;
-                        h.handle_publication(&channel, Arc::new(p));
+                        h.handle_publication(&channel, Arc::new(p), &state.epoch);
                     }
                     (offset, false)
                 }

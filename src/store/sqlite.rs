@@ -621,7 +621,7 @@ impl Writer {
                     position,
                 } => {
                     if let Some(h) = &handler {
-                        h.handle_publication(&channel, Arc::new(*publication));
+                        h.handle_publication(&channel, Arc::new(*publication), &position.epoch);
                     }
                     metrics::counter!(m::STORE_APPENDS_TOTAL, "result" => "ok").increment(1);
                     Ok(Appended {
