@@ -5,7 +5,6 @@ use bytes::Bytes;
 
 use super::session::Session;
 use crate::broker::HistoryFilter;
-use crate::config::ChannelOptions;
 use crate::metrics as m;
 use crate::node::conn::Disconnect;
 use crate::node::PublishOptions;
@@ -67,6 +66,14 @@ fn code_label(code: u32) -> &'static str {
         112 => "112",
         _ => "other",
     }
+}
+
+/// A channel feature a command uses, for [`Session::authorize`].
+#[derive(Clone, Copy)]
+enum Feature {
+    Publish,
+    History,
+    Presence,
 }
 
 /// Whether a client may use a channel feature: always, or only while subscribed.
@@ -184,28 +191,40 @@ impl Session {
         })
     }
 
-    /// Channel permission for publish, history and presence: membership in a
-    /// conversation namespace, otherwise the namespace's client/subscriber rules.
-    async fn may(
-        &self,
-        opts: &ChannelOptions,
-        channel: &str,
-        for_client: bool,
-        for_subscriber: bool,
-    ) -> Result<bool, CmdError> {
-        if opts.members {
+    /// Channel permission for publish, history and presence (103 when denied):
+    /// membership in a conversation namespace, otherwise the namespace's rules for any
+    /// client or for subscribers.
+    async fn authorize(&self, channel: &str, feature: Feature) -> Result<(), CmdError> {
+        let opts = self.st.node.options(channel)?;
+        let allowed = if opts.members {
             let user = self
                 .conn
                 .as_ref()
                 .map(|c| c.handle.user.clone())
                 .unwrap_or_default();
-            return Ok(self.st.node.is_member(channel, &user).await?);
+            self.st.node.is_member(channel, &user).await?
+        } else {
+            let (for_client, for_subscriber) = match feature {
+                Feature::Publish => (
+                    opts.allow_publish_for_client,
+                    opts.allow_publish_for_subscriber,
+                ),
+                Feature::History => (
+                    opts.allow_history_for_client,
+                    opts.allow_history_for_subscriber,
+                ),
+                Feature::Presence => (
+                    opts.allow_presence_for_client,
+                    opts.allow_presence_for_subscriber,
+                ),
+            };
+            permitted(for_client, for_subscriber, self.is_subscribed(channel))
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(codes::ERROR_PERMISSION_DENIED.into())
         }
-        Ok(permitted(
-            for_client,
-            for_subscriber,
-            self.is_subscribed(channel),
-        ))
     }
 
     fn is_subscribed(&self, channel: &str) -> bool {
@@ -216,29 +235,18 @@ impl Session {
 
     async fn on_publish(&mut self, req: PublishRequest) -> CmdResult {
         let node = self.st.node.clone();
-        let opts = node.options(&req.channel)?;
-        if !self
-            .may(
-                opts,
-                &req.channel,
-                opts.allow_publish_for_client,
-                opts.allow_publish_for_subscriber,
-            )
-            .await?
-        {
-            return Err(codes::ERROR_PERMISSION_DENIED.into());
-        }
+        self.authorize(&req.channel, Feature::Publish).await?;
+        let id_field = &node.options(&req.channel)?.client_message_id_field;
         if req.data.is_empty() {
             return Err(codes::ERROR_BAD_REQUEST.into());
         }
         let info = self.client_info(&req.channel);
-        let idempotency_key =
-            client_message_id(&opts.client_message_id_field, &req.data).map(|id| {
-                format!(
-                    "client:{}:{id}",
-                    info.as_ref().map(|i| i.user.as_str()).unwrap_or_default()
-                )
-            });
+        let idempotency_key = client_message_id(id_field, &req.data).map(|id| {
+            format!(
+                "client:{}:{id}",
+                info.as_ref().map(|i| i.user.as_str()).unwrap_or_default()
+            )
+        });
         let opts = PublishOptions {
             info,
             idempotency_key,
@@ -254,18 +262,7 @@ impl Session {
 
     async fn on_presence(&mut self, req: PresenceRequest) -> CmdResult {
         let node = self.st.node.clone();
-        let opts = node.options(&req.channel)?;
-        if !self
-            .may(
-                opts,
-                &req.channel,
-                opts.allow_presence_for_client,
-                opts.allow_presence_for_subscriber,
-            )
-            .await?
-        {
-            return Err(codes::ERROR_PERMISSION_DENIED.into());
-        }
+        self.authorize(&req.channel, Feature::Presence).await?;
         let presence = node.presence(&req.channel).await?;
         Ok(Reply {
             presence: Some(PresenceResult { presence }),
@@ -275,18 +272,7 @@ impl Session {
 
     async fn on_presence_stats(&mut self, req: PresenceStatsRequest) -> CmdResult {
         let node = self.st.node.clone();
-        let opts = node.options(&req.channel)?;
-        if !self
-            .may(
-                opts,
-                &req.channel,
-                opts.allow_presence_for_client,
-                opts.allow_presence_for_subscriber,
-            )
-            .await?
-        {
-            return Err(codes::ERROR_PERMISSION_DENIED.into());
-        }
+        self.authorize(&req.channel, Feature::Presence).await?;
         let s = node.presence_stats(&req.channel).await?;
         Ok(Reply {
             presence_stats: Some(PresenceStatsResult {
@@ -299,18 +285,7 @@ impl Session {
 
     async fn on_history(&mut self, req: HistoryRequest) -> CmdResult {
         let node = self.st.node.clone();
-        let opts = node.options(&req.channel)?;
-        if !self
-            .may(
-                opts,
-                &req.channel,
-                opts.allow_history_for_client,
-                opts.allow_history_for_subscriber,
-            )
-            .await?
-        {
-            return Err(codes::ERROR_PERMISSION_DENIED.into());
-        }
+        self.authorize(&req.channel, Feature::History).await?;
         let filter = HistoryFilter {
             since: req.since,
             limit: crate::broker::limit_from_protocol(req.limit),
