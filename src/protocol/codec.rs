@@ -112,6 +112,15 @@ mod tests {
         assert_eq!(cmds[1], Command::default());
     }
 
+    /// Found by the `json_commands` fuzz target: a publish without data must encode
+    /// back to a publish without data, not to `"data":""`.
+    #[test]
+    fn publish_without_data_round_trips() {
+        let cmds = decode_json_commands(br#"{"id":3,"publish":{"channel":"c"}}"#).unwrap();
+        let again = decode_json_commands(&serde_json::to_vec(&cmds[0]).unwrap()).unwrap();
+        assert_eq!(again, cmds);
+    }
+
     #[test]
     fn protobuf_batch_round_trips() {
         let a = Command {

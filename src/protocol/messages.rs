@@ -403,7 +403,7 @@ pub struct PublishRequest {
     #[prost(string, tag = "1")]
     pub channel: String,
     #[prost(bytes = "bytes", tag = "2")]
-    #[serde(with = "jb")]
+    #[serde(with = "jb", skip_serializing_if = "Bytes::is_empty")]
     pub data: Bytes,
 }
 
