@@ -1,12 +1,16 @@
 //! One simulated client: TCP (optionally from a chosen source address), the WebSocket
-//! handshake, Centrifugo `connect` and `subscribe` (JSON protocol), then idle, answering
-//! every server ping `{}` with `{}` until told to stop or the server goes away.
+//! handshake and whatever the server wants to subscribe it (Centrifugo `connect` and
+//! `subscribe` for Herald; see `peer.rs` for the others), then a session that answers
+//! keep-alives, records the send-time stamp of every message it receives and, in the
+//! chat scenario, publishes through its own socket.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
 use jsonwebtoken::{EncodingKey, Header};
 use serde::Serialize;
 use serde_json::Value;
@@ -15,21 +19,82 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use crate::hist;
+use crate::pace::{self, Pacer};
+use crate::peer::{self, Peer, PeerConf};
+use crate::stamp;
+
 type Ws = WebSocketStream<TcpStream>;
 
 /// Where every client connects.
 pub struct Target {
-    /// Resolved address of the URL's host and port.
+    /// Resolved address of the server's host and port.
     pub addr: SocketAddr,
-    /// `ws://host:port/connection/websocket`.
-    pub url: String,
+    /// The server and its protocol.
+    pub peer: PeerConf,
 }
 
 /// What makes one client different from the others.
 pub struct Spec {
     pub source: Option<IpAddr>,
+    /// Connection JWT (Herald only; empty for the others).
     pub token: String,
     pub channel: String,
+}
+
+/// What the clients of one worker received, added up.
+pub struct Tally {
+    /// Publish-to-deliver latency of every stamped message received (µs).
+    pub latency: Mutex<Histogram<u64>>,
+    /// Stamped messages received.
+    pub deliveries: AtomicU64,
+    /// Publications sent through client sockets (chat).
+    pub published: AtomicU64,
+    /// Error replies to those publications.
+    pub publish_errors: AtomicU64,
+    /// Keep-alives answered.
+    pub pings: AtomicU64,
+}
+
+impl Default for Tally {
+    fn default() -> Tally {
+        Tally {
+            latency: Mutex::new(hist::new()),
+            deliveries: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            publish_errors: AtomicU64::new(0),
+            pings: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Tally {
+    /// Records the stamps in one received text frame and its error replies.
+    pub fn frame(&self, text: &str, errors: usize) {
+        if errors > 0 {
+            self.publish_errors
+                .fetch_add(errors as u64, Ordering::Relaxed);
+        }
+        let now = stamp::now_nanos();
+        let mut n = 0u64;
+        let mut guard = None;
+        stamp::scan(text, |t| {
+            n += 1;
+            let g = guard.get_or_insert_with(|| self.latency.lock());
+            if let Ok(h) = g.as_mut() {
+                hist::record(h, stamp::latency_micros(t, now));
+            }
+        });
+        if n > 0 {
+            self.deliveries.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// The latency histogram, encoded for the coordinator.
+    pub fn encoded_latency(&self) -> Option<String> {
+        let h = self.latency.lock().ok()?;
+        hist::encode(&h).ok()
+    }
 }
 
 /// Why a client never became an idle subscriber.
@@ -129,37 +194,130 @@ async fn establish_inner(target: &Target, spec: &Spec) -> Result<Ws, Failure> {
     stream
         .set_nodelay(true)
         .map_err(|e| fail(FailKind::Tcp, e))?;
-    let (mut ws, _response) = tokio_tungstenite::client_async(target.url.as_str(), stream)
+    let url = target.peer.ws_url(&spec.channel);
+    let (mut ws, _response) = tokio_tungstenite::client_async(url.as_str(), stream)
         .await
         .map_err(|e| fail(FailKind::Handshake, e))?;
-
-    let connect = serde_json::json!({"id": 1, "connect": {"token": spec.token}});
-    call(&mut ws, 1, connect, FailKind::ConnectRejected).await?;
-    let subscribe = serde_json::json!({"id": 2, "subscribe": {"channel": spec.channel}});
-    call(&mut ws, 2, subscribe, FailKind::SubscribeRejected).await?;
+    subscribe(&mut ws, &target.peer, spec).await?;
     Ok(ws)
 }
 
-/// Sends `command` and waits for the reply with `id`, answering pings meanwhile. An
-/// error reply or a close frame from the server counts as `rejected`.
-async fn call(ws: &mut Ws, id: u64, command: Value, rejected: FailKind) -> Result<Value, Failure> {
-    ws.send(Message::text(command.to_string()))
+/// What each server wants after the handshake before the socket is a subscriber.
+async fn subscribe(ws: &mut Ws, peer: &PeerConf, spec: &Spec) -> Result<(), Failure> {
+    let channel = peer::json_str(&spec.channel);
+    match peer.peer {
+        Peer::Herald => {
+            let connect = format!(
+                "{{\"id\":1,\"connect\":{{\"token\":{}}}}}",
+                peer::json_str(&spec.token)
+            );
+            call(ws, peer, 1, connect, FailKind::ConnectRejected).await?;
+            let subscribe = format!("{{\"id\":2,\"subscribe\":{{\"channel\":{channel}}}}}");
+            call(ws, peer, 2, subscribe, FailKind::SubscribeRejected).await?;
+        }
+        // Subscribed by opening /sub/<channel>.
+        Peer::Nchan => {}
+        // The origin subscribes the socket, then sends {"ready":true}.
+        Peer::Pushpin => {
+            expect(ws, peer, FailKind::SubscribeRejected, |f| {
+                f.contains("\"ready\"")
+            })
+            .await?;
+        }
+        Peer::Soketi => {
+            expect(ws, peer, FailKind::ConnectRejected, |f| {
+                f.contains("pusher:connection_established")
+            })
+            .await?;
+            send(
+                ws,
+                format!("{{\"event\":\"pusher:subscribe\",\"data\":{{\"channel\":{channel}}}}}"),
+            )
+            .await?;
+            expect(ws, peer, FailKind::SubscribeRejected, |f| {
+                f.contains("pusher_internal:subscription_succeeded")
+            })
+            .await?;
+        }
+        Peer::Socketio => {
+            // Engine.IO open packet, then the Socket.IO namespace connect.
+            expect(ws, peer, FailKind::ConnectRejected, |f| f.starts_with('0')).await?;
+            send(ws, "40".into()).await?;
+            expect(ws, peer, FailKind::ConnectRejected, |f| f.starts_with("40")).await?;
+            // An event with ack id 1; the server acknowledges once joined.
+            send(ws, format!("421[\"subscribe\",{channel}]")).await?;
+            expect(ws, peer, FailKind::SubscribeRejected, |f| {
+                f.starts_with("431")
+            })
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn send(ws: &mut Ws, text: String) -> Result<(), Failure> {
+    ws.send(Message::text(text))
         .await
-        .map_err(|e| fail(FailKind::Closed, e))?;
+        .map_err(|e| fail(FailKind::Closed, e))
+}
+
+/// Reads text frames, answering keep-alives, until one satisfies `done`. A close from
+/// the server counts as `rejected`; an error frame of the server as well.
+async fn expect(
+    ws: &mut Ws,
+    peer: &PeerConf,
+    rejected: FailKind,
+    mut done: impl FnMut(&str) -> bool,
+) -> Result<String, Failure> {
     loop {
-        let text = match ws.next().await {
-            Some(Ok(Message::Text(t))) => t,
+        let text = next_text(ws, rejected).await?;
+        if let Some(reply) = peer.keepalive_reply(&text) {
+            send(ws, reply.into()).await?;
+        }
+        if done(&text) {
+            return Ok(text);
+        }
+        if peer.peer == Peer::Soketi && text.contains("\"pusher:error\"") {
+            return Err(fail(rejected, text));
+        }
+        if peer.peer == Peer::Socketio && (text.starts_with("44") || text.starts_with('1')) {
+            return Err(fail(rejected, text));
+        }
+    }
+}
+
+async fn next_text(ws: &mut Ws, rejected: FailKind) -> Result<String, Failure> {
+    loop {
+        return match ws.next().await {
+            Some(Ok(Message::Text(t))) => Ok(t.as_str().to_owned()),
             Some(Ok(Message::Close(frame))) => {
-                return Err(fail(rejected, format!("server closed: {frame:?}")))
+                Err(fail(rejected, format!("server closed: {frame:?}")))
             }
             Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(fail(FailKind::Closed, e)),
-            None => return Err(fail(FailKind::Closed, "connection ended")),
+            Some(Err(e)) => Err(fail(FailKind::Closed, e)),
+            None => Err(fail(FailKind::Closed, "connection ended")),
         };
+    }
+}
+
+/// Sends a Centrifugo `command` and waits for the reply with `id`, answering pings
+/// meanwhile. An error reply or a close frame from the server counts as `rejected`.
+async fn call(
+    ws: &mut Ws,
+    peer: &PeerConf,
+    id: u64,
+    command: String,
+    rejected: FailKind,
+) -> Result<Value, Failure> {
+    send(ws, command).await?;
+    loop {
+        let text = next_text(ws, rejected).await?;
         let mut found = None;
         for reply in replies(&text) {
             if is_ping(&reply) {
-                pong(ws).await.map_err(|e| fail(FailKind::Closed, e))?;
+                if let Some(pong) = peer.keepalive_reply("{}") {
+                    send(ws, pong.into()).await?;
+                }
             } else if reply.get("id").and_then(Value::as_u64) == Some(id) {
                 found = Some(reply);
             }
@@ -173,27 +331,88 @@ async fn call(ws: &mut Ws, id: u64, command: Value, rejected: FailKind) -> Resul
     }
 }
 
-/// Stays connected until `stop` turns true or the connection ends, counting answered
-/// server pings in `pings`.
-pub async fn idle(mut ws: Ws, mut stop: watch::Receiver<bool>, pings: &AtomicU64) -> IdleEnd {
+/// What a connected client does besides answering keep-alives and recording stamps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Only listen.
+    Hold,
+    /// Publish (chat clients) at their rate.
+    Publish,
+    /// Stop publishing, keep listening.
+    Quiet,
+    /// Close and return.
+    Stop,
+}
+
+/// Publishing through the client's own socket (Centrifugo `publish`).
+#[derive(Debug, Clone, Copy)]
+pub struct ChatPlan {
+    /// Publications per second of this client.
+    pub rate: f64,
+    /// Client number, to spread clients' send times.
+    pub n: u64,
+}
+
+/// Stays connected until `phase` turns to `Stop` or the connection ends: answers
+/// keep-alives (counted in `pings`), records every stamp received, and in the `Publish`
+/// phase publishes to its channel at `chat.rate`.
+pub async fn session(
+    mut ws: Ws,
+    peer: &PeerConf,
+    channel: &str,
+    mut phase: watch::Receiver<Phase>,
+    tally: &Tally,
+    chat: Option<ChatPlan>,
+) -> IdleEnd {
+    let mut pacer: Option<Pacer> = None;
+    let mut next_id: u64 = 10;
+    let channel_json = peer::json_str(channel);
     loop {
+        let due = pacer.as_ref().map(Pacer::next_due);
+        let wake = async move {
+            match due {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            changed = stop.changed() => {
-                if changed.is_err() || *stop.borrow() {
-                    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
-                    return IdleEnd::Stopped;
+            changed = phase.changed() => {
+                let now = if changed.is_err() { Phase::Stop } else { *phase.borrow_and_update() };
+                match now {
+                    Phase::Stop => {
+                        let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+                        return IdleEnd::Stopped;
+                    }
+                    Phase::Publish => if let Some(c) = chat {
+                        let offset = Duration::from_secs_f64(pace::phase(c.n) / c.rate.max(1e-6));
+                        pacer = Some(Pacer::new(Instant::now() + offset, c.rate, 10));
+                    },
+                    Phase::Quiet | Phase::Hold => pacer = None,
+                }
+            }
+            _ = wake => {
+                let n = pacer.as_mut().map_or(0, |p| p.take_due(Instant::now()));
+                for _ in 0..n {
+                    let seq = tally.published.fetch_add(1, Ordering::Relaxed);
+                    let cmd = format!(
+                        "{{\"id\":{next_id},\"publish\":{{\"channel\":{channel_json},\"data\":{}}}}}",
+                        stamp::payload(seq)
+                    );
+                    next_id += 1;
+                    if let Err(e) = ws.send(Message::text(cmd)).await {
+                        return IdleEnd::Dropped(format!("publishing: {e}"));
+                    }
                 }
             }
             msg = ws.next() => match msg {
                 Some(Ok(Message::Text(text))) => {
-                    for reply in replies(&text) {
-                        if is_ping(&reply) {
-                            if let Err(e) = pong(&mut ws).await {
-                                return IdleEnd::Dropped(format!("answering ping: {e}"));
-                            }
-                            pings.fetch_add(1, Ordering::Relaxed);
+                    if let Some(reply) = peer.keepalive_reply(&text) {
+                        if let Err(e) = ws.send(Message::text(reply)).await {
+                            return IdleEnd::Dropped(format!("answering ping: {e}"));
                         }
+                        tally.pings.fetch_add(1, Ordering::Relaxed);
                     }
+                    tally.frame(&text, peer.error_replies(&text));
                 }
                 Some(Ok(Message::Close(frame))) => {
                     return IdleEnd::Dropped(format!("server closed: {frame:?}"))
@@ -204,10 +423,6 @@ pub async fn idle(mut ws: Ws, mut stop: watch::Receiver<bool>, pings: &AtomicU64
             }
         }
     }
-}
-
-async fn pong(ws: &mut Ws) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-    ws.send(Message::text("{}")).await
 }
 
 /// The JSON replies in one text frame: the server joins several with newlines.
@@ -236,6 +451,23 @@ mod tests {
         assert!(!is_ping(&all[0]));
         assert!(is_ping(&all[1]));
         assert_eq!(all[0].get("id").and_then(Value::as_u64), Some(1));
+    }
+
+    #[test]
+    fn tally_records_every_stamp_in_a_frame() {
+        let t = Tally::default();
+        let now = stamp::now_nanos();
+        let frame = format!(
+            "{{\"push\":{{\"pub\":{{\"data\":{}}}}}}}\n{{}}\n{{\"push\":{{\"pub\":{{\"data\":{}}}}}}}",
+            stamp::payload_at(now - 2_000_000, 1),
+            stamp::payload_at(now - 4_000_000, 2)
+        );
+        t.frame(&frame, 1);
+        assert_eq!(t.deliveries.load(Ordering::Relaxed), 2);
+        assert_eq!(t.publish_errors.load(Ordering::Relaxed), 1);
+        let h = t.latency.lock().expect("lock");
+        assert_eq!(h.len(), 2);
+        assert!(h.min() >= 2000 && h.max() < 1_000_000);
     }
 
     #[test]

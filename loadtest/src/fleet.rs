@@ -6,11 +6,13 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
-use crate::worker::Status;
+use crate::hist;
+use crate::peer::PeerConf;
+use crate::worker::{ChannelPlan, Status, PEER_ENV};
 
 /// Environment variable that hands the HMAC secret to workers (kept off their command
 /// lines, which any local user can read).
@@ -18,14 +20,16 @@ pub const SECRET_ENV: &str = "HERALD_LOADTEST_HMAC_SECRET";
 
 /// What every worker shares; each gets its own slice of the clients.
 pub struct FleetPlan<'a> {
-    pub url: &'a str,
+    pub peer: &'a PeerConf,
     pub secret: &'a str,
     pub connections: u64,
     pub workers: usize,
     pub source_addrs: u8,
     pub concurrency: usize,
-    pub channels: u64,
+    pub channels: &'a ChannelPlan,
     pub connect_timeout: Duration,
+    /// Publications per second per client in the publish phase (0: none).
+    pub chat_rate: f64,
 }
 
 pub struct Fleet {
@@ -43,21 +47,25 @@ impl Fleet {
         let mut children = Vec::new();
         let mut stdins = Vec::new();
         let per_worker_concurrency = plan.concurrency.div_ceil(plan.workers).max(1);
+        let peer_json = serde_json::to_string(plan.peer)?;
         for i in 0..plan.workers {
             let (start, end) = share(plan.connections, plan.workers, i);
             let mut child = Command::new(&exe)
                 .arg("worker")
                 .args(["--worker-index", &i.to_string()])
-                .args(["--url", plan.url])
                 .args(["--start", &start.to_string(), "--end", &end.to_string()])
                 .args(["--source-addrs", &plan.source_addrs.to_string()])
                 .args(["--concurrency", &per_worker_concurrency.to_string()])
-                .args(["--channels", &plan.channels.to_string()])
+                .args(["--channel-prefix", &plan.channels.prefix])
+                .args(["--channels", &plan.channels.count.to_string()])
+                .args(["--room-size", &plan.channels.room_size.to_string()])
+                .args(["--chat-rate", &plan.chat_rate.to_string()])
                 .args([
                     "--connect-timeout-secs",
                     &plan.connect_timeout.as_secs_f64().to_string(),
                 ])
                 .env(SECRET_ENV, plan.secret)
+                .env(PEER_ENV, &peer_json)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
@@ -122,6 +130,9 @@ impl Fleet {
             t.failed += s.failed;
             t.dropped += s.dropped;
             t.pings += s.pings;
+            t.deliveries += s.deliveries;
+            t.published += s.published;
+            t.publish_errors += s.publish_errors;
             t.connecting_done &= s.connecting_done;
             t.stopped &= s.stopped;
             for (k, n) in &s.errors {
@@ -133,9 +144,39 @@ impl Fleet {
         t
     }
 
+    /// Sends a command line (`publish`, `quiet`) to every worker.
+    pub async fn command(&mut self, line: &str) {
+        for (i, stdin) in self.stdins.iter_mut().enumerate() {
+            let text = format!("{line}\n");
+            if let Err(e) = stdin.write_all(text.as_bytes()).await {
+                eprintln!("worker {i}: cannot send {line:?}: {e}");
+            }
+            let _ = stdin.flush().await;
+        }
+    }
+
+    /// The workers' last-reported histograms of one kind, merged.
+    pub fn merged(
+        &self,
+        pick: impl Fn(&Status) -> Option<&String>,
+    ) -> hdrhistogram::Histogram<u64> {
+        let parts: Vec<&str> = self
+            .latest
+            .iter()
+            .filter_map(|s| pick(s).map(String::as_str))
+            .collect();
+        match hist::merge(parts) {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("histograms: {e:#}");
+                hist::new()
+            }
+        }
+    }
+
     /// Closes every worker's stdin, collects their last reports, and reaps them
     /// (killing any that take longer than `grace`).
-    pub async fn stop(mut self, grace: Duration) -> Status {
+    pub async fn stop(&mut self, grace: Duration) -> Status {
         self.stdins.clear();
         let until = tokio::time::Instant::now() + grace;
         while !self.total().stopped && tokio::time::Instant::now() < until {

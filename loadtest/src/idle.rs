@@ -20,7 +20,9 @@ use serde::Serialize;
 
 use crate::fleet::{Fleet, FleetPlan, SECRET_ENV};
 use crate::metrics;
+use crate::peer::{Peer, PeerConf};
 use crate::proc::{self, Sample};
+use crate::worker::ChannelPlan;
 
 /// Most clients one worker may hold: its file descriptor limit less some headroom.
 const FD_HEADROOM: u64 = 100;
@@ -124,15 +126,30 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
     };
     let baseline = sample("baseline")?;
 
+    let peer = PeerConf {
+        peer: Peer::Herald,
+        ws_base: args.url.clone(),
+        publish_base: args.url.replacen("ws://", "http://", 1),
+        api_key: String::new(),
+        pusher_app_id: String::new(),
+        pusher_key: String::new(),
+        pusher_secret: String::new(),
+    };
+    let channels = ChannelPlan {
+        prefix: "idle".into(),
+        count: args.channels,
+        room_size: 0,
+    };
     let plan = FleetPlan {
-        url: &args.url,
+        peer: &peer,
         secret: &args.hmac_secret,
         connections: args.connections,
         workers: args.workers,
         source_addrs: args.source_addrs,
         concurrency: args.concurrency,
-        channels: args.channels,
+        channels: &channels,
         connect_timeout: Duration::from_secs_f64(args.connect_timeout_secs),
+        chat_rate: 0.0,
     };
     let mut fleet = Fleet::spawn(&plan)?;
     let started = Instant::now();

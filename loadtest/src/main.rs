@@ -1,17 +1,35 @@
 //! `herald-loadtest`: opens many Centrifugo-protocol (v2, JSON) WebSocket clients against
 //! a Herald server and measures what they cost it.
 //!
-//! Scenarios:
+//! Scenarios (one file each):
 //! - `idle`: N connected, subscribed, idle clients; server RSS per connection.
+//! - `broadcast`: N subscribers of one channel, a publisher on the HTTP API at a rate
+//!   (Herald and the peer servers of `peer.rs`).
+//! - `chat`: rooms of k members publishing through their own sockets.
+//! - `connect`: a connection storm with JWT auth.
+//! - `history`: paging through long histories with the server API.
+//! - `report`: joins results into one table and one plot.
 //!
 //! The clients run in worker processes (this binary again, as the hidden `worker`
 //! command) because one process may hold only so many file descriptors.
 
+mod broadcast;
+mod chat;
 mod client;
+mod connect;
 mod fleet;
+mod hist;
+mod history;
 mod idle;
 mod metrics;
+mod pace;
+mod peer;
+mod plot;
 mod proc;
+mod publish;
+mod report;
+mod run;
+mod stamp;
 mod worker;
 
 use std::process::ExitCode;
@@ -30,6 +48,16 @@ struct Cli {
 enum Command {
     /// Hold N idle subscribed connections and measure the server's memory per connection.
     Idle(idle::IdleArgs),
+    /// N subscribers of one channel; publish through the HTTP API at a rate.
+    Broadcast(broadcast::BroadcastArgs),
+    /// Rooms of k members who publish through their own WebSocket.
+    Chat(chat::ChatArgs),
+    /// Connection storm: N clients connect (JWT) and subscribe as fast as they can.
+    Connect(connect::ConnectArgs),
+    /// Page through long channel histories, 50 at a time, with the server API.
+    History(history::HistoryArgs),
+    /// Join JSON results into one Markdown table, one JSON array and one PNG plot.
+    Report(report::ReportArgs),
     /// One worker process of a scenario (started by the coordinator).
     #[command(hide = true)]
     Worker(WorkerCli),
@@ -39,9 +67,10 @@ enum Command {
 struct WorkerCli {
     #[arg(long)]
     worker_index: usize,
-    #[arg(long)]
-    url: String,
-    #[arg(long, env = fleet::SECRET_ENV, hide_env_values = true)]
+    /// The server ([`peer::PeerConf`] as JSON).
+    #[arg(long, env = worker::PEER_ENV, hide_env_values = true)]
+    peer: String,
+    #[arg(long, env = fleet::SECRET_ENV, hide_env_values = true, default_value = "")]
     hmac_secret: String,
     #[arg(long)]
     start: u64,
@@ -51,8 +80,14 @@ struct WorkerCli {
     source_addrs: u8,
     #[arg(long, default_value_t = 100)]
     concurrency: usize,
+    #[arg(long, default_value = "idle")]
+    channel_prefix: String,
     #[arg(long, default_value_t = 100)]
     channels: u64,
+    #[arg(long, default_value_t = 0)]
+    room_size: u64,
+    #[arg(long, default_value_t = 0.0)]
+    chat_rate: f64,
     #[arg(long, default_value_t = 15.0)]
     connect_timeout_secs: f64,
 }
@@ -62,17 +97,34 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Idle(args) => idle::run(args).await,
+        Command::Broadcast(args) => broadcast::run(args).await,
+        Command::Chat(args) => chat::run(args).await,
+        Command::Connect(args) => connect::run(args).await,
+        Command::History(args) => history::run(args).await,
+        Command::Report(args) => report::run(args),
         Command::Worker(w) => {
             let index = w.worker_index;
+            let peer = match serde_json::from_str(&w.peer) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("herald-loadtest worker {index}: bad server description: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let r = worker::run(worker::WorkerArgs {
                 index: w.worker_index,
-                url: w.url,
+                peer,
+                chat_rate: w.chat_rate,
                 secret: w.hmac_secret,
                 start: w.start,
                 end: w.end.max(w.start),
                 source_addrs: w.source_addrs,
                 concurrency: w.concurrency,
-                channels: w.channels,
+                channels: worker::ChannelPlan {
+                    prefix: w.channel_prefix,
+                    count: w.channels,
+                    room_size: w.room_size,
+                },
                 connect_timeout: Duration::from_secs_f64(w.connect_timeout_secs.max(0.001)),
             })
             .await;
