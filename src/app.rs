@@ -127,6 +127,17 @@ pub async fn run(
     fill_missing_secrets(&mut config);
     let config = Arc::new(config);
     let prometheus = crate::metrics::install();
+    // The exporter keeps every histogram sample until upkeep folds them into buckets;
+    // without it (no scrapes) memory grows with traffic. Upkeep on a timer bounds it.
+    if let Some(handle) = prometheus.clone() {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        });
+    }
     metrics::gauge!(crate::metrics::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 
     let node = Node::new(
