@@ -13,8 +13,13 @@ use prost::Message as _;
 fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
     let mut out = Vec::new();
-    for dir in [root.join("corpus").join(target), root.join("regressions").join(target)] {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+    for dir in [
+        root.join("corpus").join(target),
+        root.join("regressions").join(target),
+    ] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for e in entries.flatten() {
             let data = std::fs::read(e.path()).expect("read corpus file");
             out.push((e.path(), data));
@@ -26,7 +31,10 @@ fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
 #[test]
 fn json_commands_corpus() {
     let all = inputs("json_commands");
-    assert!(!all.is_empty(), "the json_commands corpus is in the repository");
+    assert!(
+        !all.is_empty(),
+        "the json_commands corpus is in the repository"
+    );
     for (path, data) in all {
         if let Ok(commands) = decode_json_commands(&data) {
             for cmd in commands {
@@ -61,9 +69,15 @@ fn jwt_corpus_never_verifies() {
     let all = inputs("jwt");
     assert!(!all.is_empty());
     for (path, data) in all {
-        let Ok(token) = std::str::from_utf8(&data) else { continue };
+        let Ok(token) = std::str::from_utf8(&data) else {
+            continue;
+        };
         assert!(v.verify_connect(token).is_err(), "{}", path.display());
-        assert!(v.verify_subscribe(token, "alice", "news").is_err(), "{}", path.display());
+        assert!(
+            v.verify_subscribe(token, "alice", "news").is_err(),
+            "{}",
+            path.display()
+        );
     }
 }
 
@@ -72,7 +86,9 @@ fn config_corpus_loads_or_names_the_problem() {
     let all = inputs("config");
     assert!(!all.is_empty());
     for (_, data) in all {
-        let Ok(text) = std::str::from_utf8(&data) else { continue };
+        let Ok(text) = std::str::from_utf8(&data) else {
+            continue;
+        };
         if let Err(e) = Config::load_from(Some(text), "fuzz.toml", vec![]) {
             assert!(!e.to_string().is_empty());
         }
