@@ -118,6 +118,48 @@ pub async fn migrate(config: &Config) -> anyhow::Result<String> {
     Ok(format!("sqlite store {} is up to date", path.display()))
 }
 
+/// The broker and presence backends (`broker.kind`), and in cluster mode the Redis
+/// connections the cluster membership shares with them.
+async fn build_broker(
+    config: &Config,
+) -> anyhow::Result<(
+    Arc<dyn crate::broker::Broker>,
+    Arc<dyn crate::presence::PresenceManager>,
+    Option<Arc<crate::cluster::redis::Redis>>,
+)> {
+    let b = &config.broker;
+    if !b.is_redis() {
+        return Ok((
+            Arc::new(MemoryBroker::new()),
+            Arc::new(MemoryPresence::default()),
+            None,
+        ));
+    }
+    let redis = crate::cluster::redis::Redis::connect(b)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach Redis ({}): {e}", redact_urls(&b.redis_url)))?;
+    let redis = Arc::new(redis);
+    tracing::info!(redis = %redact_urls(&b.redis_url), "cluster mode: broker and presence on Redis");
+    Ok((
+        Arc::new(crate::broker::redis::RedisBroker::new(
+            redis.clone(),
+            b.history_meta_ttl,
+        )),
+        Arc::new(crate::presence::redis::RedisPresence::new(
+            redis.clone(),
+            b.presence_ttl,
+        )),
+        Some(redis),
+    ))
+}
+
+fn redact_urls(urls: &str) -> String {
+    urls.split(',')
+        .map(|u| crate::cluster::redis::redact(u.trim()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Serves on `listener` until `shutdown` completes, then drains and returns.
 pub async fn run(
     mut config: Config,
@@ -140,12 +182,22 @@ pub async fn run(
     }
     metrics::gauge!(crate::metrics::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 
-    let node = Node::new(
-        config.clone(),
-        Arc::new(MemoryBroker::new()),
-        Arc::new(MemoryPresence::default()),
-        open_store(&config).await?,
-    );
+    let (broker, presence, redis) = build_broker(&config).await?;
+    let node = Node::new(config.clone(), broker, presence, open_store(&config).await?);
+    let cluster = match redis {
+        Some(redis) => Some(
+            crate::cluster::Cluster::start(node.clone(), redis, &config.broker)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot join the cluster: {e}"))?,
+        ),
+        None => None,
+    };
+    // Kafka: egress observes the node's publications; ingest calls the server API.
+    let mut kafka = crate::kafka::Kafka::start(&config.kafka, &node)?;
+    // Push hooks into the node's publications; it stops after the clients are gone.
+    let push = crate::push::service::start(&config, &node)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let verifier = Arc::new(
         Verifier::new(&config.auth, &config.auth.hmac_secret).map_err(anyhow::Error::msg)?,
     );
@@ -160,6 +212,7 @@ pub async fn run(
         api_key: Arc::from(config.api.key.as_str()),
         prometheus,
         shutdown: stop.clone(),
+        kafka: kafka.health(),
     };
 
     let addr = listener.local_addr()?;
@@ -203,6 +256,9 @@ pub async fn run(
         "shutting down: draining clients"
     );
     stop.cancel();
+    // Ingest stops before the drain: it finishes the records it is applying and
+    // commits them, so nothing it acknowledged to Kafka is lost with the clients.
+    kafka.stop_ingest().await;
     node.disconnect_all(codes::DISCONNECT_SHUTDOWN.into());
     let deadline = Instant::now() + config.http.shutdown_timeout;
     while node.num_conns() > 0 && Instant::now() < deadline {
@@ -214,6 +270,16 @@ pub async fn run(
     }
     handle.stop(true).await;
     let _ = server_task.await;
+    if let Some(push) = push {
+        // After the API is closed: nothing new is queued while push drains and stops.
+        push.stop().await;
+    }
+    // Egress last: nothing publishes any more; what is buffered is produced.
+    kafka.stop_egress().await;
+    if let Some(cluster) = cluster {
+        // After the clients are gone: `info` stops listing this node.
+        cluster.stop().await;
+    }
     tracing::info!("herald stopped");
     Ok(())
 }

@@ -47,6 +47,9 @@ pub struct Config {
     pub auth: AuthConfig,
     pub client: ClientConfig,
     pub store: StoreConfig,
+    pub kafka: KafkaConfig,
+    pub broker: BrokerConfig,
+    pub push: PushConfig,
     pub channel: ChannelOptions,
     #[serde(default)]
     pub namespaces: Vec<Namespace>,
@@ -66,6 +69,275 @@ pub struct StoreConfig {
     pub scylla_uri: String,
     pub scylla_keyspace: String,
     pub scylla_replication: String,
+}
+
+/// `[push]`: push notifications (docs/PUSH.md). Off unless a provider is configured.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushConfig {
+    pub concurrency: usize,
+    pub max_attempts: u32,
+    #[serde(deserialize_with = "duration")]
+    pub backoff_min: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub backoff_max: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub ttl: Duration,
+    pub fallback_queue_len: usize,
+    pub apns: ApnsConfig,
+    pub fcm: FcmConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApnsConfig {
+    pub endpoint: String,
+    pub key_file: String,
+    pub key_id: String,
+    pub team_id: String,
+    pub topic: String,
+    pub ca_file: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FcmConfig {
+    pub endpoint: String,
+    pub service_account_file: String,
+    pub ca_file: String,
+}
+
+impl PushConfig {
+    /// Whether any provider is configured (push is off otherwise).
+    pub fn enabled(&self) -> bool {
+        !self.apns.key_file.is_empty() || !self.fcm.service_account_file.is_empty()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.concurrency == 0 {
+            return Err(bad("push.concurrency", "must be positive"));
+        }
+        if self.max_attempts == 0 {
+            return Err(bad("push.max_attempts", "must be positive"));
+        }
+        if self.fallback_queue_len == 0 {
+            return Err(bad("push.fallback_queue_len", "must be positive"));
+        }
+        if self.backoff_min.is_zero() || self.backoff_min > self.backoff_max {
+            return Err(bad(
+                "push.backoff_min",
+                "must be positive and at most push.backoff_max",
+            ));
+        }
+        let url_ok = |u: &str| u.starts_with("https://") || u.starts_with("http://");
+        let apns = &self.apns;
+        if !matches!(apns.endpoint.as_str(), "production" | "sandbox") && !url_ok(&apns.endpoint) {
+            return Err(bad(
+                "push.apns.endpoint",
+                format!(
+                    "{:?}: use \"production\", \"sandbox\" or an https:// URL",
+                    apns.endpoint
+                ),
+            ));
+        }
+        if !apns.key_file.is_empty() {
+            for (key, v) in [
+                ("push.apns.key_id", &apns.key_id),
+                ("push.apns.team_id", &apns.team_id),
+                ("push.apns.topic", &apns.topic),
+            ] {
+                if v.is_empty() {
+                    return Err(bad(key, "required when push.apns.key_file is set"));
+                }
+            }
+        }
+        if !url_ok(&self.fcm.endpoint) {
+            return Err(bad(
+                "push.fcm.endpoint",
+                format!("{:?}: use an https:// URL", self.fcm.endpoint),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `[broker]`: where publications travel between nodes. `memory` keeps everything in
+/// this process; `redis` is cluster mode (docs/CLUSTER.md): several nodes share Redis for
+/// delivery, offsets, recent history, presence and node control.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// "memory" or "redis".
+    pub kind: String,
+    /// Comma-separated Redis URLs; channels are spread over them by consistent hashing.
+    pub redis_url: String,
+    pub redis_prefix: String,
+    #[serde(deserialize_with = "duration")]
+    pub redis_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub history_meta_ttl: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub presence_ttl: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub node_heartbeat: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub node_ttl: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub reconcile_interval: Duration,
+}
+
+impl BrokerConfig {
+    /// Cluster mode: the broker and presence live in Redis.
+    pub fn is_redis(&self) -> bool {
+        self.kind == "redis"
+    }
+
+    fn validate(&self, channels: &[(String, &ChannelOptions)]) -> Result<(), ConfigError> {
+        if !matches!(self.kind.as_str(), "memory" | "redis") {
+            return Err(bad(
+                "broker.kind",
+                format!("{:?}: use \"memory\" or \"redis\"", self.kind),
+            ));
+        }
+        crate::cluster::redis::parse_urls(&self.redis_url)
+            .map_err(|e| bad("broker.redis_url", e))?;
+        if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
+            return Err(bad(
+                "broker.redis_prefix",
+                "must be non-empty, without spaces",
+            ));
+        }
+        for (key, d) in [
+            ("broker.redis_timeout", self.redis_timeout),
+            ("broker.history_meta_ttl", self.history_meta_ttl),
+            ("broker.presence_ttl", self.presence_ttl),
+            ("broker.node_heartbeat", self.node_heartbeat),
+            ("broker.reconcile_interval", self.reconcile_interval),
+        ] {
+            if d.is_zero() {
+                return Err(bad(key, "must be positive"));
+            }
+        }
+        if self.node_ttl <= self.node_heartbeat {
+            return Err(bad(
+                "broker.node_ttl",
+                "must be above broker.node_heartbeat",
+            ));
+        }
+        if self.is_redis() {
+            // In cluster mode a persisted channel's Redis stream carries its recent
+            // publications for recovery and for the reconciler: it must exist.
+            for (prefix, o) in channels {
+                if o.persist && (o.history_size == 0 || o.history_ttl.is_zero()) {
+                    return Err(bad(
+                        &format!("{prefix}.history_size"),
+                        "persisted channels need history_size and history_ttl above zero with broker.kind = \"redis\"",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `[kafka]`: ingest of server API commands and egress of publications (docs/KAFKA.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub brokers: Vec<String>,
+    /// Extra librdkafka properties, `name=value`, applied after Herald's own.
+    pub client_options: Vec<String>,
+    pub ingest_enabled: bool,
+    pub topics: Vec<String>,
+    pub group_id: String,
+    pub dlq_topic: String,
+    pub max_in_flight: usize,
+    pub partition_buffer: usize,
+    #[serde(deserialize_with = "duration")]
+    pub commit_interval: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub retry_backoff_max: Duration,
+    pub egress_enabled: bool,
+    pub egress_topic: String,
+    pub egress_namespaces: Vec<String>,
+    pub egress_buffer: usize,
+}
+
+/// Kafka's rule for topic names: 1..=249 of `[a-zA-Z0-9._-]`.
+fn topic_name_ok(t: &str) -> bool {
+    (1..=249).contains(&t.len())
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+impl KafkaConfig {
+    fn validate(&self, namespaces: &[Namespace]) -> Result<(), ConfigError> {
+        crate::kafka::check_client_options(&self.client_options)
+            .map_err(|e| bad("kafka.client_options", e))?;
+        if !self.ingest_enabled && !self.egress_enabled {
+            return Ok(());
+        }
+        let named = self.topics.iter().map(|t| ("kafka.topics", t)).chain([
+            ("kafka.dlq_topic", &self.dlq_topic),
+            ("kafka.egress_topic", &self.egress_topic),
+        ]);
+        for (key, topic) in named {
+            if !topic.is_empty() && !topic_name_ok(topic) {
+                return Err(bad(key, format!("{topic:?} is not a Kafka topic name")));
+            }
+        }
+        for ns in &self.egress_namespaces {
+            if self.egress_enabled && !ns.is_empty() && !namespaces.iter().any(|n| &n.name == ns) {
+                return Err(bad(
+                    "kafka.egress_namespaces",
+                    format!("no namespace named {ns:?}"),
+                ));
+            }
+        }
+        if self.brokers.iter().all(|b| b.trim().is_empty()) {
+            return Err(bad("kafka.brokers", "required when Kafka is enabled"));
+        }
+        if self.ingest_enabled {
+            if self.topics.is_empty() {
+                return Err(bad("kafka.topics", "required when kafka.ingest_enabled"));
+            }
+            if self.group_id.is_empty() {
+                return Err(bad("kafka.group_id", "must not be empty"));
+            }
+            if self.topics.contains(&self.dlq_topic) {
+                return Err(bad("kafka.dlq_topic", "must not be one of kafka.topics"));
+            }
+            if self.egress_enabled && self.topics.contains(&self.egress_topic) {
+                return Err(bad("kafka.egress_topic", "must not be one of kafka.topics"));
+            }
+            for (key, v) in [
+                ("kafka.max_in_flight", self.max_in_flight),
+                ("kafka.partition_buffer", self.partition_buffer),
+            ] {
+                if v == 0 {
+                    return Err(bad(key, "must be positive"));
+                }
+            }
+            if self.commit_interval.is_zero() {
+                return Err(bad("kafka.commit_interval", "must be positive"));
+            }
+            if self.retry_backoff_max < Duration::from_millis(100) {
+                return Err(bad("kafka.retry_backoff_max", "must be at least 100ms"));
+            }
+        }
+        if self.egress_enabled {
+            if self.egress_topic.is_empty() {
+                return Err(bad(
+                    "kafka.egress_topic",
+                    "required when kafka.egress_enabled",
+                ));
+            }
+            if self.egress_buffer == 0 {
+                return Err(bad("kafka.egress_buffer", "must be positive"));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -145,6 +417,10 @@ pub struct ChannelOptions {
     pub history_max_count: u64,
     pub members: bool,
     pub client_message_id_field: String,
+    /// Offline members get a push notification (docs/PUSH.md).
+    pub push: bool,
+    pub push_title: String,
+    pub push_body: String,
 }
 
 impl ChannelOptions {
@@ -280,12 +556,24 @@ impl Config {
         if self.store.path.is_empty() {
             return Err(bad("store.path", "must not be empty"));
         }
+        let channels: Vec<(String, &ChannelOptions)> =
+            std::iter::once(("channel".to_string(), &self.channel))
+                .chain(
+                    self.namespaces
+                        .iter()
+                        .enumerate()
+                        .map(|(i, n)| (format!("namespaces[{i}]"), &n.options)),
+                )
+                .collect();
+        self.broker.validate(&channels)?;
+        self.push.validate()?;
         if self.store.max_history_page == 0 || self.store.max_recovery == 0 {
             return Err(bad(
                 "store.max_history_page",
                 "store.max_history_page and store.max_recovery must be positive",
             ));
         }
+        self.kafka.validate(&self.namespaces)?;
         let mut seen = std::collections::HashSet::new();
         for (i, ns) in self.namespaces.iter().enumerate() {
             let valid = !ns.name.is_empty()
@@ -592,6 +880,90 @@ mod tests {
     }
 
     #[test]
+    fn broker_keys() {
+        let c = Config::load_from(None, "-", env(&[])).unwrap();
+        assert_eq!(c.broker.kind, "memory");
+        assert!(!c.broker.is_redis());
+        let c = Config::load_from(
+            Some("[broker]\nkind = \"redis\"\n"),
+            "f",
+            env(&[(
+                "HERALD_BROKER__REDIS_URL",
+                "redis://10.0.0.1:6379, redis://10.0.0.2:6379/2",
+            )]),
+        )
+        .unwrap();
+        assert!(c.broker.is_redis());
+        assert_eq!(
+            crate::cluster::redis::parse_urls(&c.broker.redis_url)
+                .unwrap()
+                .len(),
+            2
+        );
+        for (var, value, key) in [
+            ("HERALD_BROKER__KIND", "kafka", "broker.kind"),
+            ("HERALD_BROKER__REDIS_URL", "http://x", "broker.redis_url"),
+            ("HERALD_BROKER__REDIS_URL", " , ", "broker.redis_url"),
+            ("HERALD_BROKER__REDIS_PREFIX", "", "broker.redis_prefix"),
+            ("HERALD_BROKER__NODE_TTL", "1s", "broker.node_ttl"),
+            ("HERALD_BROKER__REDIS_TIMEOUT", "0s", "broker.redis_timeout"),
+        ] {
+            let e = Config::load_from(None, "-", env(&[(var, value)])).unwrap_err();
+            assert!(e.to_string().contains(key), "{var}: {e}");
+        }
+        // Cluster mode needs a Redis stream for persisted channels.
+        let e = Config::load_from(
+            Some("[broker]\nkind = \"redis\"\n[[namespaces]]\nname = \"chat\"\npersist = true\nhistory_size = 0\n"),
+            "f",
+            env(&[]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("namespaces[0].history_size"), "{e}");
+    }
+
+    #[test]
+    fn push_keys_nest_and_validate() {
+        let c = Config::load_from(None, "-", env(&[])).unwrap();
+        assert!(!c.push.enabled());
+        assert_eq!(c.push.apns.endpoint, "production");
+        assert!(c
+            .namespaces
+            .iter()
+            .any(|n| n.name == "chat" && n.options.push));
+        let c = Config::load_from(
+            Some("[push.fcm]\nservice_account_file = \"/k.json\"\n"),
+            "f",
+            env(&[
+                ("HERALD_PUSH__APNS__ENDPOINT", "https://127.0.0.1:9443"),
+                ("HERALD_PUSH__APNS__KEY_FILE", "/AuthKey.p8"),
+                ("HERALD_PUSH__APNS__KEY_ID", "ABC123DEFG"),
+                ("HERALD_PUSH__APNS__TEAM_ID", "DEF123GHIJ"),
+                ("HERALD_PUSH__APNS__TOPIC", "com.example.app"),
+                ("HERALD_PUSH__CONCURRENCY", "8"),
+            ]),
+        )
+        .unwrap();
+        assert!(c.push.enabled());
+        assert_eq!(c.push.apns.endpoint, "https://127.0.0.1:9443");
+        assert_eq!(c.push.fcm.service_account_file, "/k.json");
+        assert_eq!(c.push.concurrency, 8);
+        for (var, value, key) in [
+            (
+                "HERALD_PUSH__APNS__ENDPOINT",
+                "gateway.push.apple.com",
+                "push.apns.endpoint",
+            ),
+            ("HERALD_PUSH__APNS__KEY_FILE", "/k.p8", "push.apns.key_id"),
+            ("HERALD_PUSH__CONCURRENCY", "0", "push.concurrency"),
+            ("HERALD_PUSH__BACKOFF_MIN", "10m", "push.backoff_min"),
+            ("HERALD_PUSH__APNS__NOPE", "1", "push.apns.nope"),
+        ] {
+            let e = Config::load_from(None, "-", env(&[(var, value)])).unwrap_err();
+            assert!(e.to_string().contains(key), "{var}: {e}");
+        }
+    }
+
+    #[test]
     fn namespaces_inherit_channel_defaults() {
         let c = Config::load_from(
             Some(
@@ -623,15 +995,21 @@ mod doc_tests {
         let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/CONFIG.md"))
             .unwrap();
         let defaults: toml::Value = toml::from_str(super::DEFAULTS).unwrap();
+        fn check(doc: &str, path: &str, table: &toml::value::Table) {
+            for (key, value) in table {
+                match value.as_table() {
+                    // A sub-table (`[push.apns]`) documents its own keys.
+                    Some(sub) => check(doc, &format!("{path}.{key}"), sub),
+                    None => assert!(
+                        doc.contains(&format!("| `{key}` |")),
+                        "{path}.{key} missing from docs/CONFIG.md"
+                    ),
+                }
+            }
+        }
         for (section, table) in defaults.as_table().unwrap() {
-            let Some(table) = table.as_table() else {
-                continue;
-            };
-            for key in table.keys() {
-                assert!(
-                    doc.contains(&format!("| `{key}` |")),
-                    "{section}.{key} missing from docs/CONFIG.md"
-                );
+            if let Some(table) = table.as_table() {
+                check(&doc, section, table);
             }
         }
     }

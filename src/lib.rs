@@ -17,9 +17,13 @@
 //! - [`protocol`]: wire messages, JSON/Protobuf framing, every client-visible code.
 //! - [`gateway`]: the WebSocket endpoint; one task per connection.
 //! - [`node`]: local subscriptions, the one publish path, fan-out.
-//! - [`broker`]: trait + in-memory backend: offsets, epochs, history, delivery.
-//! - [`presence`]: trait + in-memory backend.
+//! - [`broker`]: trait + memory and Redis backends: offsets, epochs, history, delivery.
+//! - [`presence`]: trait + memory and Redis backends.
+//! - [`cluster`]: cluster mode over Redis: connections and sharding, node registry,
+//!   control channel for user commands, reconciler of persisted publications.
 //! - [`store`]: durable history, members, read markers (embedded SQLite, or ScyllaDB).
+//! - [`kafka`]: Kafka ingest (records -> server API commands) and egress (publications -> topic).
+//! - [`push`]: device registry, APNs/FCM senders, durable queue + dispatcher, offline fallback.
 //! - [`api`]: server HTTP API, health, readiness, metrics endpoint.
 //! - [`auth`]: JWT verification and API keys.
 //! - [`config`]: typed configuration with compiled-in defaults.
@@ -30,10 +34,13 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod gateway;
+pub mod kafka;
 pub mod metrics;
 pub mod node;
 pub mod presence;
 pub mod protocol;
+pub mod push;
 pub mod store;

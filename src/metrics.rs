@@ -23,10 +23,34 @@ pub const API_REQUEST_SECONDS: &str = "herald_api_request_duration_seconds";
 pub const STORE_COMMIT_SECONDS: &str = "herald_store_commit_seconds";
 pub const STORE_APPENDS_TOTAL: &str = "herald_store_appends_total";
 pub const STORE_ERRORS_TOTAL: &str = "herald_store_errors_total";
+pub const REDIS_ERRORS_TOTAL: &str = "herald_redis_errors_total";
+pub const REDIS_RECONNECTS_TOTAL: &str = "herald_redis_reconnects_total";
+pub const REDIS_PUBSUB_LAG_SECONDS: &str = "herald_redis_pubsub_lag_seconds";
+pub const CLUSTER_NODES: &str = "herald_cluster_nodes";
+pub const RECONCILED_TOTAL: &str = "herald_store_reconciled_total";
 pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "herald_process_resident_memory_bytes";
 pub const PROCESS_CPU_SECONDS_TOTAL: &str = "herald_process_cpu_seconds_total";
 pub const PROCESS_OPEN_FDS: &str = "herald_process_open_fds";
 pub const PROCESS_THREADS: &str = "herald_process_threads";
+pub const PUSH_QUEUED_TOTAL: &str = "herald_push_queued_total";
+pub const PUSH_SENT_TOTAL: &str = "herald_push_sent_total";
+pub const PUSH_FAILED_TOTAL: &str = "herald_push_failed_total";
+pub const PUSH_RETRIES_TOTAL: &str = "herald_push_retries_total";
+pub const PUSH_QUEUE_DEPTH: &str = "herald_push_queue_depth";
+pub const PUSH_PROVIDER_SECONDS: &str = "herald_push_provider_request_duration_seconds";
+pub const PUSH_PUBLISH_TO_SEND_SECONDS: &str = "herald_push_publish_to_send_seconds";
+pub const PUSH_TOKENS_REMOVED_TOTAL: &str = "herald_push_tokens_removed_total";
+pub const PUSH_FALLBACK_DROPPED_TOTAL: &str = "herald_push_fallback_dropped_total";
+pub const KAFKA_RECORDS_CONSUMED_TOTAL: &str = "herald_kafka_records_consumed_total";
+pub const KAFKA_RECORDS_APPLIED_TOTAL: &str = "herald_kafka_records_applied_total";
+pub const KAFKA_RECORDS_FAILED_TOTAL: &str = "herald_kafka_records_failed_total";
+pub const KAFKA_RECORDS_DEAD_LETTERED_TOTAL: &str = "herald_kafka_records_dead_lettered_total";
+pub const KAFKA_CONSUMER_LAG: &str = "herald_kafka_consumer_lag";
+pub const KAFKA_UP: &str = "herald_kafka_up";
+pub const KAFKA_EGRESS_PRODUCED_TOTAL: &str = "herald_kafka_egress_produced_total";
+pub const KAFKA_EGRESS_FAILED_TOTAL: &str = "herald_kafka_egress_failed_total";
+pub const KAFKA_EGRESS_BUFFERED: &str = "herald_kafka_egress_buffered";
+pub const KAFKA_EGRESS_DROPPED_TOTAL: &str = "herald_kafka_egress_dropped_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -117,6 +141,27 @@ fn describe() {
         STORE_ERRORS_TOTAL,
         "Store operations that failed, by operation."
     );
+    describe_counter!(
+        REDIS_ERRORS_TOTAL,
+        "Cluster mode: failed Redis operations, by op (publish, history, seed, subscribe, presence, control, heartbeat, reconcile, pubsub, decode)."
+    );
+    describe_counter!(
+        REDIS_RECONNECTS_TOTAL,
+        "Cluster mode: Redis pub/sub connections re-established after a loss, by conn (broker, control); each one makes the subscribers of its channels recover."
+    );
+    describe_histogram!(
+        REDIS_PUBSUB_LAG_SECONDS,
+        Unit::Seconds,
+        "Cluster mode: from the publish script (publishing node's clock) to the pub/sub message reaching this node."
+    );
+    describe_gauge!(
+        CLUSTER_NODES,
+        "Cluster mode: live nodes this node saw at its last heartbeat (itself included)."
+    );
+    describe_counter!(
+        RECONCILED_TOTAL,
+        "Cluster mode: persisted publications the reconciler found missing from the store, by result (copied, lost)."
+    );
     describe_gauge!(
         PROCESS_RESIDENT_MEMORY_BYTES,
         Unit::Bytes,
@@ -132,6 +177,84 @@ fn describe() {
         "Open file descriptors (sockets included) of the Herald process."
     );
     describe_gauge!(PROCESS_THREADS, "Threads of the Herald process.");
+    describe_counter!(
+        PUSH_QUEUED_TOTAL,
+        "Push notifications written to the durable queue, by provider and source (fallback, api)."
+    );
+    describe_counter!(
+        PUSH_SENT_TOTAL,
+        "Push notifications the provider accepted, by provider."
+    );
+    describe_counter!(
+        PUSH_FAILED_TOTAL,
+        "Push notifications given up on, by provider and reason (the provider's code, or exhausted)."
+    );
+    describe_counter!(
+        PUSH_RETRIES_TOTAL,
+        "Push sends rescheduled after a temporary failure, by provider and reason."
+    );
+    describe_gauge!(
+        PUSH_QUEUE_DEPTH,
+        "Push notifications waiting in the durable queue (due or retrying), by provider."
+    );
+    describe_histogram!(
+        PUSH_PROVIDER_SECONDS,
+        Unit::Seconds,
+        "One request to the push provider, by provider."
+    );
+    describe_histogram!(
+        PUSH_PUBLISH_TO_SEND_SECONDS,
+        Unit::Seconds,
+        "From a publication's fan-out to the provider accepting its offline push, by provider."
+    );
+    describe_counter!(
+        PUSH_TOKENS_REMOVED_TOTAL,
+        "Devices removed because the provider called their token invalid, by provider."
+    );
+    describe_counter!(
+        PUSH_FALLBACK_DROPPED_TOTAL,
+        "Publications the offline push fallback skipped because its queue was full."
+    );
+    describe_counter!(
+        KAFKA_RECORDS_CONSUMED_TOTAL,
+        "Kafka ingest: records read from the topic (each once, however often retried)."
+    );
+    describe_counter!(
+        KAFKA_RECORDS_APPLIED_TOTAL,
+        "Kafka ingest: records whose command succeeded."
+    );
+    describe_counter!(
+        KAFKA_RECORDS_FAILED_TOTAL,
+        "Kafka ingest: failed attempts, by kind: invalid (never retried, dead-lettered or skipped) or retryable (retried after a backoff)."
+    );
+    describe_counter!(
+        KAFKA_RECORDS_DEAD_LETTERED_TOTAL,
+        "Kafka ingest: invalid records produced to the dead-letter topic, by source topic."
+    );
+    describe_gauge!(
+        KAFKA_CONSUMER_LAG,
+        "Kafka ingest: records of a partition assigned to this node not applied yet (high watermark of its last fetch minus the next offset to apply)."
+    );
+    describe_gauge!(
+        KAFKA_UP,
+        "Kafka dependency health by role (ingest, egress): 1 connected, 0 starting or degraded."
+    );
+    describe_counter!(
+        KAFKA_EGRESS_PRODUCED_TOTAL,
+        "Kafka egress: publications the brokers confirmed, by topic."
+    );
+    describe_counter!(
+        KAFKA_EGRESS_FAILED_TOTAL,
+        "Kafka egress: publications whose delivery failed for good, by topic."
+    );
+    describe_gauge!(
+        KAFKA_EGRESS_BUFFERED,
+        "Kafka egress: publications accepted and not yet confirmed (buffer plus in flight)."
+    );
+    describe_counter!(
+        KAFKA_EGRESS_DROPPED_TOTAL,
+        "Kafka egress: publications dropped because the egress buffer was full."
+    );
     zero_series();
 }
 

@@ -11,8 +11,10 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::conversations as conv;
+use super::push;
 use crate::broker::{limit_from_protocol, HistoryFilter};
-use crate::node::conn::{Control, Disconnect};
+use crate::node::cluster::{UserAction, UserCommand};
+use crate::node::conn::Disconnect;
 use crate::node::{Node, NodeError, PublishOptions};
 use crate::protocol::codes::{self, ErrorCode};
 use crate::protocol::messages::StreamPosition;
@@ -69,6 +71,11 @@ pub const METHODS: &[&str] = &[
     "conversation_members",
     "user_conversations",
     "user_data_remove",
+    "device_register",
+    "device_update",
+    "device_remove",
+    "device_list",
+    "send_push_notification",
 ];
 
 fn parse<T: serde::de::DeserializeOwned>(params: &[u8]) -> Result<T, ApiError> {
@@ -100,16 +107,16 @@ pub async fn call(node: &Node, method: &str, params: &[u8]) -> Result<Value, Api
     match method {
         "publish" => publish(node, parse(params)?).await,
         "broadcast" => broadcast(node, parse(params)?).await,
-        "subscribe" => subscribe(node, parse(params)?),
-        "unsubscribe" => unsubscribe(node, parse(params)?),
-        "disconnect" => disconnect(node, parse(params)?),
-        "refresh" => refresh(node, parse(params)?),
+        "subscribe" => subscribe(node, parse(params)?).await,
+        "unsubscribe" => unsubscribe(node, parse(params)?).await,
+        "disconnect" => disconnect(node, parse(params)?).await,
+        "refresh" => refresh(node, parse(params)?).await,
         "presence" => presence(node, parse(params)?).await,
         "presence_stats" => presence_stats(node, parse(params)?).await,
         "history" => history(node, parse(params)?).await,
         "history_remove" => history_remove(node, parse(params)?).await,
         "channels" => channels(node, parse(params)?),
-        "info" => Ok(info(node)),
+        "info" => info(node).await,
         "batch" => Box::pin(batch(node, parse(params)?)).await,
         "conversation_create" | "conversation_members_add" => {
             conv::add_members(node, parse(params)?).await
@@ -118,6 +125,11 @@ pub async fn call(node: &Node, method: &str, params: &[u8]) -> Result<Value, Api
         "conversation_members" => conv::members(node, parse(params)?).await,
         "user_conversations" => conv::user_conversations(node, parse(params)?).await,
         "user_data_remove" => conv::user_data_remove(node, parse(params)?).await,
+        "device_register" => push::device_register(node, parse(params)?).await,
+        "device_update" => push::device_update(node, parse(params)?).await,
+        "device_remove" => push::device_remove(node, parse(params)?).await,
+        "device_list" => push::device_list(node, parse(params)?).await,
+        "send_push_notification" => push::send_push_notification(node, parse(params)?).await,
         _ => Err(codes::ERROR_METHOD_NOT_FOUND.into()),
     }
 }
@@ -153,10 +165,14 @@ struct PublishReq {
     /// A retry with the same key gets the original's position (persisted namespaces).
     #[serde(default)]
     idempotency_key: Option<String>,
+    /// Title, body and data of the offline push fallback's notification (docs/PUSH.md).
+    #[serde(default)]
+    push: Option<Box<RawValue>>,
 }
 
-async fn publish(node: &Node, r: PublishReq) -> Result<Value, ApiError> {
+async fn publish(node: &Node, mut r: PublishReq) -> Result<Value, ApiError> {
     channel_required(&r.channel)?;
+    push::push_tag(r.push.as_deref(), &mut r.tags)?;
     let data = payload(r.data, r.b64data)?;
     let pos = node
         .publish(
@@ -232,7 +248,23 @@ struct SubscribeReq {
     info: Option<Box<RawValue>>,
 }
 
-fn subscribe(node: &Node, r: SubscribeReq) -> Result<Value, ApiError> {
+/// User commands reach every node holding the user's connections (cluster mode).
+async fn user_command(
+    node: &Node,
+    user: String,
+    client: Option<String>,
+    action: UserAction,
+) -> Result<Value, ApiError> {
+    node.user_command(UserCommand {
+        user,
+        client,
+        action,
+    })
+    .await?;
+    Ok(json!({}))
+}
+
+async fn subscribe(node: &Node, r: SubscribeReq) -> Result<Value, ApiError> {
     user_required(&r.user)?;
     channel_required(&r.channel)?;
     node.options(&r.channel)?;
@@ -240,15 +272,11 @@ fn subscribe(node: &Node, r: SubscribeReq) -> Result<Value, ApiError> {
         .info
         .map(|raw| Bytes::from(String::from(Box::<str>::from(raw))))
         .unwrap_or_default();
-    node.user_control(
-        &r.user,
-        r.client.as_deref(),
-        Control::Subscribe {
-            channel: r.channel,
-            info,
-        },
-    );
-    Ok(json!({}))
+    let action = UserAction::Subscribe {
+        channel: r.channel,
+        info,
+    };
+    user_command(node, r.user, r.client, action).await
 }
 
 #[derive(Deserialize)]
@@ -261,15 +289,11 @@ struct UnsubscribeReq {
     client: Option<String>,
 }
 
-fn unsubscribe(node: &Node, r: UnsubscribeReq) -> Result<Value, ApiError> {
+async fn unsubscribe(node: &Node, r: UnsubscribeReq) -> Result<Value, ApiError> {
     user_required(&r.user)?;
     channel_required(&r.channel)?;
-    node.user_control(
-        &r.user,
-        r.client.as_deref(),
-        Control::Unsubscribe { channel: r.channel },
-    );
-    Ok(json!({}))
+    let action = UserAction::Unsubscribe { channel: r.channel };
+    user_command(node, r.user, r.client, action).await
 }
 
 #[derive(Deserialize)]
@@ -290,7 +314,7 @@ struct DisconnectReq {
     disconnect: Option<DisconnectSpec>,
 }
 
-fn disconnect(node: &Node, r: DisconnectReq) -> Result<Value, ApiError> {
+async fn disconnect(node: &Node, r: DisconnectReq) -> Result<Value, ApiError> {
     user_required(&r.user)?;
     let d = match r.disconnect {
         None => codes::DISCONNECT_FORCE_NO_RECONNECT.into(),
@@ -313,8 +337,12 @@ fn disconnect(node: &Node, r: DisconnectReq) -> Result<Value, ApiError> {
             }
         }
     };
-    node.disconnect_user(&r.user, r.client.as_deref(), &r.whitelist, &d);
-    Ok(json!({}))
+    let action = UserAction::Disconnect {
+        code: d.code,
+        reason: d.reason,
+        whitelist: r.whitelist,
+    };
+    user_command(node, r.user, r.client, action).await
 }
 
 #[derive(Deserialize)]
@@ -329,18 +357,13 @@ struct RefreshReq {
     expire_at: Option<i64>,
 }
 
-fn refresh(node: &Node, r: RefreshReq) -> Result<Value, ApiError> {
+async fn refresh(node: &Node, r: RefreshReq) -> Result<Value, ApiError> {
     user_required(&r.user)?;
-    let expire_at = r.expire_at.filter(|t| *t > 0);
-    node.user_control(
-        &r.user,
-        r.client.as_deref(),
-        Control::Refresh {
-            expire_at,
-            expired: r.expired,
-        },
-    );
-    Ok(json!({}))
+    let action = UserAction::Refresh {
+        expire_at: r.expire_at.filter(|t| *t > 0),
+        expired: r.expired,
+    };
+    user_command(node, r.user, r.client, action).await
 }
 
 #[derive(Deserialize)]
@@ -405,18 +428,26 @@ fn channels(node: &Node, r: ChannelsReq) -> Result<Value, ApiError> {
     Ok(json!({"channels": out}))
 }
 
-fn info(node: &Node) -> Value {
-    let i = node.info();
-    json!({"nodes": [{
-        "uid": i.uid,
-        "name": i.name,
-        "version": i.version,
-        "num_clients": i.num_clients,
-        "num_users": i.num_users,
-        "num_channels": i.num_channels,
-        "num_subs": i.num_subs,
-        "uptime": i.uptime_secs,
-    }]})
+/// Every live node (cluster mode: from the node registry in Redis).
+async fn info(node: &Node) -> Result<Value, ApiError> {
+    let nodes: Vec<Value> = node
+        .nodes()
+        .await?
+        .into_iter()
+        .map(|i| {
+            json!({
+                "uid": i.uid,
+                "name": i.name,
+                "version": i.version,
+                "num_clients": i.num_clients,
+                "num_users": i.num_users,
+                "num_channels": i.num_channels,
+                "num_subs": i.num_subs,
+                "uptime": i.uptime_secs,
+            })
+        })
+        .collect();
+    Ok(json!({ "nodes": nodes }))
 }
 
 #[derive(Deserialize)]

@@ -3,6 +3,7 @@
 pub mod conversations;
 pub mod methods;
 pub mod openapi;
+pub mod push;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,6 +27,8 @@ pub struct ApiState {
     pub prometheus: Option<PrometheusHandle>,
     /// Cancelled on shutdown: `/ready` turns 503 so load balancers drain this node.
     pub shutdown: CancellationToken,
+    /// Kafka ingest and egress state, reported by `/ready`.
+    pub kafka: crate::kafka::KafkaHealth,
 }
 
 fn error_response(status: StatusCode, e: &ApiError) -> HttpResponse {
@@ -154,11 +157,24 @@ pub async fn health() -> HttpResponse {
 }
 
 /// `GET /ready`: the node accepts new connections (false while draining).
+///
+/// A degraded Kafka is reported (`kafka`, `degraded`) but does not make the node
+/// unready: WebSockets and the HTTP API keep working without it, every node shares the
+/// same brokers, and taking nodes out of the load balancer would only cut clients off.
 pub async fn ready(state: web::Data<ApiState>) -> HttpResponse {
-    if state.shutdown.is_cancelled() {
-        HttpResponse::ServiceUnavailable().json(json!({"status": "draining"}))
+    let draining = state.shutdown.is_cancelled();
+    let mut body = json!({"status": if draining { "draining" } else { "ready" }});
+    if state.kafka.enabled() {
+        body["kafka"] = state.kafka.to_json();
+        let degraded = state.kafka.degraded();
+        if !degraded.is_empty() {
+            body["degraded"] = json!(degraded);
+        }
+    }
+    if draining {
+        HttpResponse::ServiceUnavailable().json(body)
     } else {
-        HttpResponse::Ok().json(json!({"status": "ready"}))
+        HttpResponse::Ok().json(body)
     }
 }
 

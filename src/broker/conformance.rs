@@ -1,4 +1,8 @@
 //! The behaviour every broker must show; run by each backend's tests.
+//!
+//! Delivery may be asynchronous (a Redis broker hears its own publications back over
+//! pub/sub), so checks of what reached the handler wait, bounded, for it; and a node
+//! only receives channels it subscribed to, so each check subscribes first.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -30,6 +34,17 @@ fn data(i: u64) -> Publication {
     Publication {
         data: bytes::Bytes::from(format!("{{\"i\":{i}}}")),
         ..Default::default()
+    }
+}
+
+/// Waits (up to 5 s) until `cond` holds; panics with `what` otherwise.
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -68,18 +83,21 @@ async fn offsets_increase_by_one_and_deliver_in_order<B: Broker>(b: Arc<B>) {
         }
         assert_eq!(pos.epoch, epoch, "epoch is stable");
     }
+    eventually("8 deliveries", || r.pubs.lock().len() >= 8).await;
     let got: Vec<u64> = r.pubs.lock().iter().map(|(_, o, _)| *o).collect();
     assert_eq!(got, (1..=8).collect::<Vec<_>>());
 }
 
 async fn no_history_means_no_offset<B: Broker>(b: Arc<B>) {
     let r = attach(&*b);
+    b.subscribe("n").await.unwrap();
     let pos = b
         .publish("n", data(1), HistoryOptions::default())
         .await
         .unwrap();
     assert_eq!(pos.offset, 0);
-    assert_eq!(r.pubs.lock().len(), 1);
+    eventually("the delivery", || r.pubs.lock().len() == 1).await;
+    assert_eq!(r.pubs.lock()[0].1, 0);
     let (pubs, _) = b.history("n", HistoryFilter::default()).await.unwrap();
     assert!(pubs.is_empty());
 }
@@ -227,6 +245,7 @@ async fn remove_history_keeps_position<B: Broker>(b: Arc<B>) {
 
 async fn join_reaches_handler<B: Broker>(b: Arc<B>) {
     let r = attach(&*b);
+    b.subscribe("j").await.unwrap();
     b.publish_join(
         "j",
         ClientInfo {
@@ -236,6 +255,7 @@ async fn join_reaches_handler<B: Broker>(b: Arc<B>) {
     )
     .await
     .unwrap();
+    eventually("the join", || !r.joins.lock().is_empty()).await;
     assert_eq!(
         r.joins.lock().as_slice(),
         &[("j".to_string(), "c1".to_string())]

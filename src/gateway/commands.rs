@@ -307,6 +307,10 @@ impl Session {
             "chat.read" => self.rpc_chat_read(&req.data).await?,
             "chat.unread" => self.rpc_chat_unread().await?,
             "chat.typing" => self.rpc_chat_typing(&req.data).await?,
+            "push.register" => self.rpc_push_register(&req.data).await?,
+            "push.unregister" => self.rpc_push_unregister(&req.data).await?,
+            "push.mute" => self.rpc_push_mute(&req.data).await?,
+            "push.unmute" => self.rpc_push_unmute(&req.data).await?,
             _ => {
                 tracing::debug!(method = %req.method, "unknown rpc method");
                 return Err(codes::ERROR_METHOD_NOT_FOUND.into());

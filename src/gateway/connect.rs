@@ -55,7 +55,7 @@ impl Session {
             self.format,
             cfg.client.outbound_queue_len,
         );
-        if !node.add_conn(handle.clone()) {
+        if !node.add_conn(handle.clone()).await {
             metrics::counter!(crate::metrics::CONNECTS_TOTAL, "result" => "limit").increment(1);
             return Err(CmdError::Disconnect(
                 codes::DISCONNECT_CONNECTION_LIMIT.into(),

@@ -6,6 +6,7 @@
 
 mod commands;
 mod connect;
+mod push_rpc;
 mod ratelimit;
 mod rpc;
 mod session;

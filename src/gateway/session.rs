@@ -337,6 +337,22 @@ impl Session {
                 return Some(codes::DISCONNECT_EXPIRED.into())
             }
             Control::Refresh { expire_at, .. } => self.on_server_refresh(expire_at),
+            Control::Recover { channel } => {
+                // Only a subscription that tracks offsets can recover what was missed.
+                let tracked = self
+                    .conn
+                    .as_ref()
+                    .and_then(|c| c.subs.get(&channel))
+                    .is_some_and(|s| s.tracked);
+                if tracked {
+                    self.server_unsubscribe(
+                        &channel,
+                        codes::UNSUBSCRIBE_INSUFFICIENT,
+                        "insufficient state",
+                    )
+                    .await;
+                }
+            }
         }
         self.flush().await
     }

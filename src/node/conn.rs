@@ -63,6 +63,12 @@ pub enum Control {
         expire_at: Option<i64>,
         expired: bool,
     },
+    /// Publications of `channel` may have been missed (the broker's connection to Redis
+    /// was lost and is back): a subscription that tracks offsets is ended with 2500
+    /// "insufficient state", so the SDK resubscribes and recovers; others stay.
+    Recover {
+        channel: String,
+    },
 }
 
 pub struct ConnHandle {

@@ -3,16 +3,24 @@
 //! Gateway, server API (and later Kafka ingest) call the node; the node calls the
 //! broker and presence traits. It never touches a socket: it pushes pre-encoded frames
 //! into each connection's bounded queue ([`conn::ConnHandle`]).
+//!
+//! In cluster mode (a broker that [spans nodes](Broker::spans_nodes)) the node also
+//! orders each channel's first/last-subscriber transitions ([`locks`]), runs observers
+//! where it publishes, sequences persisted channels through the broker ([`sequenced`])
+//! and reaches the other nodes through a [`cluster::ClusterLink`].
 
 pub mod channels;
+pub mod cluster;
 pub mod conn;
+pub mod locks;
 pub mod observer;
 pub mod registry;
+mod sequenced;
 
 use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -30,6 +38,7 @@ use crate::protocol::Format;
 use crate::store::{Append, ConversationStore, MessageStore, Retention, StoreError};
 
 use channels::{ChannelError, ChannelRules};
+use cluster::ClusterLink;
 use conn::{ConnHandle, Control, Disconnect, Outbound};
 use registry::{Registry, Subscriber};
 
@@ -50,6 +59,9 @@ pub enum NodeError {
     /// The namespace needs the durable store, which is not open.
     #[error("store not configured")]
     NoStore,
+    /// Another node could not be reached (cluster mode).
+    #[error("cluster unavailable: {0}")]
+    Cluster(String),
 }
 
 impl NodeError {
@@ -66,7 +78,8 @@ impl NodeError {
             NodeError::Broker(BrokerError::Unavailable(_))
             | NodeError::Presence(_)
             | NodeError::Store(StoreError::Unavailable(_))
-            | NodeError::NoStore => codes::ERROR_INTERNAL,
+            | NodeError::NoStore
+            | NodeError::Cluster(_) => codes::ERROR_INTERNAL,
         }
     }
 }
@@ -98,11 +111,12 @@ pub struct Stores {
     pub conversations: Arc<dyn ConversationStore>,
 }
 
-#[derive(Debug, Clone)]
+/// What the `info` API shows of a node (also what nodes publish to each other).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NodeInfo {
     pub uid: String,
     pub name: String,
-    pub version: &'static str,
+    pub version: String,
     pub num_clients: usize,
     pub num_users: usize,
     pub num_channels: usize,
@@ -125,6 +139,13 @@ struct Shared {
     store: Option<Stores>,
     /// Kafka egress, push fallback. Read on every publication, written at start-up.
     observers: parking_lot::RwLock<Vec<Arc<dyn observer::PublicationObserver>>>,
+    /// The broker spans nodes (cluster mode): other nodes' publications arrive through
+    /// the handler, so observers run where a publication is published instead.
+    spans_nodes: bool,
+    /// Cluster mode: orders each channel's first/last-subscriber transitions.
+    sub_locks: Option<locks::ChannelLocks>,
+    /// Cluster mode: the other nodes; set once at start-up.
+    cluster: OnceLock<Arc<dyn ClusterLink>>,
     uid: String,
     name: String,
     started: Instant,
@@ -139,6 +160,7 @@ impl Node {
         store: Option<Stores>,
     ) -> Node {
         let name = std::env::var("HOSTNAME").unwrap_or_else(|_| "herald".to_string());
+        let spans_nodes = broker.spans_nodes();
         let shared = Arc::new(Shared {
             rules: ChannelRules::new(&config),
             config,
@@ -147,6 +169,9 @@ impl Node {
             presence,
             store,
             observers: parking_lot::RwLock::new(Vec::new()),
+            spans_nodes,
+            sub_locks: spans_nodes.then(locks::ChannelLocks::default),
+            cluster: OnceLock::new(),
             uid: uuid::Uuid::new_v4().to_string(),
             name,
             started: Instant::now(),
@@ -159,6 +184,11 @@ impl Node {
             store.messages.set_handler(weak);
         }
         Node { shared }
+    }
+
+    /// Connects the node to the other nodes (cluster mode); called once at start-up.
+    pub fn set_cluster(&self, link: Arc<dyn ClusterLink>) {
+        let _ = self.shared.cluster.set(link);
     }
 
     /// Adds an observer of every publication (see [`observer::PublicationObserver`]).
@@ -188,25 +218,60 @@ impl Node {
         self.shared.next_seq.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Registers a connection; false if its user is at the per-node connection limit.
-    pub fn add_conn(&self, conn: Arc<ConnHandle>) -> bool {
-        let ok = self
-            .shared
-            .registry
-            .add_conn(conn, self.shared.config.client.max_connections_per_user);
-        if ok {
-            metrics::gauge!(m::CONNECTIONS).increment(1.0);
+    /// Registers a connection; false if its user is at `client.max_connections_per_user`
+    /// (counted by the presence backend: per process, or cluster-wide on Redis).
+    pub async fn add_conn(&self, conn: Arc<ConnHandle>) -> bool {
+        if self.counts_connections(&conn) {
+            let limit = self.shared.config.client.max_connections_per_user;
+            match self
+                .shared
+                .presence
+                .add_connection(&conn.user, &conn.client, limit)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => return false,
+                // Fail open: a presence outage must not lock every user out; the limit
+                // guards against runaway clients, it is not an authorization.
+                Err(e) => {
+                    tracing::warn!(cause = %e, "connection count unavailable; connection allowed")
+                }
+            }
         }
-        ok
+        self.shared.registry.add_conn(conn, 0);
+        metrics::gauge!(m::CONNECTIONS).increment(1.0);
+        true
     }
 
     pub fn remove_conn(&self, conn: &ConnHandle) {
         self.shared.registry.remove_conn(conn);
         metrics::gauge!(m::CONNECTIONS).decrement(1.0);
+        if self.counts_connections(conn) {
+            let presence = self.shared.presence.clone();
+            let (user, client) = (conn.user.clone(), conn.client.clone());
+            // Not awaited: the session is ending. A failure heals when the entry
+            // expires (cluster mode) and is impossible in memory.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    if let Err(e) = presence.remove_connection(&user, &client).await {
+                        tracing::debug!(cause = %e, "connection count removal failed");
+                    }
+                });
+            }
+        }
     }
 
-    /// Adds a local subscriber; the broker is subscribed on the channel's first one.
+    fn counts_connections(&self, conn: &ConnHandle) -> bool {
+        self.shared.config.client.max_connections_per_user > 0 && !conn.user.is_empty()
+    }
+
+    /// Adds a local subscriber; the broker is subscribed on the channel's first one
+    /// (and, in cluster mode, this returns only once that subscription is active).
     pub async fn subscribe(&self, channel: &str, sub: Subscriber) -> Result<(), NodeError> {
+        let _ordered = match &self.shared.sub_locks {
+            Some(l) => Some(l.lock(channel).await),
+            None => None,
+        };
         let seq = sub.conn.seq;
         if self.shared.registry.add_sub(channel, sub) {
             if let Err(e) = self.shared.broker.subscribe(channel).await {
@@ -219,6 +284,10 @@ impl Node {
     }
 
     pub async fn unsubscribe(&self, channel: &str, seq: u64) {
+        let _ordered = match &self.shared.sub_locks {
+            Some(l) => Some(l.lock(channel).await),
+            None => None,
+        };
         metrics::gauge!(m::SUBSCRIPTIONS).decrement(1.0);
         if self.shared.registry.remove_sub(channel, seq) {
             if let Err(e) = self.shared.broker.unsubscribe(channel).await {
@@ -242,6 +311,17 @@ impl Node {
             ..Default::default()
         };
         if options.persist {
+            if let Some(seq) = self.shared.broker.sequencer() {
+                return self
+                    .publish_sequenced(
+                        seq,
+                        channel,
+                        publication,
+                        options,
+                        opts.idempotency_key.as_deref(),
+                    )
+                    .await;
+            }
             // The store sequences, commits, then hands the publication to the fan-out.
             let append = Append {
                 channel: channel.to_string(),
@@ -262,11 +342,18 @@ impl Node {
                 ttl: options.history_ttl,
             }
         };
-        Ok(self
+        let observed = self.shared.observe_here().then(|| publication.clone());
+        let pos = self
             .shared
             .broker
             .publish(channel, publication, history)
-            .await?)
+            .await?;
+        if let Some(mut p) = observed {
+            p.offset = pos.offset;
+            self.shared
+                .notify_observers(channel, &Arc::new(p), &pos.epoch);
+        }
+        Ok(pos)
     }
 
     /// An event delivered to current subscribers only: not stored, no offset (typing
@@ -283,10 +370,14 @@ impl Node {
             info,
             ..Default::default()
         };
+        let observed = self.shared.observe_here().then(|| publication.clone());
         self.shared
             .broker
             .publish(channel, publication, HistoryOptions::default())
             .await?;
+        if let Some(p) = observed {
+            self.shared.notify_observers(channel, &Arc::new(p), "");
+        }
         Ok(())
     }
 
@@ -335,6 +426,9 @@ impl Node {
     ) -> Result<(Vec<Publication>, StreamPosition), NodeError> {
         let options = self.shared.rules.options(channel)?;
         if options.persist {
+            if let Some(seq) = self.shared.broker.sequencer() {
+                return self.recover_sequenced(seq, channel, since).await;
+            }
             let max = self.shared.config.store.max_recovery;
             let filter = HistoryFilter {
                 since: Some(since),
@@ -365,6 +459,11 @@ impl Node {
     ) -> Result<(Vec<Publication>, StreamPosition), NodeError> {
         let options = self.shared.rules.options(channel)?;
         if options.persist {
+            if let (Some(seq), Some(0)) = (self.shared.broker.sequencer(), filter.limit) {
+                // The position: the sequencer's, which may be ahead of the store's by
+                // publications still being stored.
+                return self.recent_sequenced(seq, channel, filter).await;
+            }
             let max = self.shared.config.store.max_history_page;
             let filter = HistoryFilter {
                 limit: Some(filter.limit.unwrap_or(max).min(max)),
@@ -380,7 +479,12 @@ impl Node {
 
     pub async fn remove_history(&self, channel: &str) -> Result<(), NodeError> {
         if self.shared.rules.options(channel)?.persist {
-            return Ok(self.stores()?.messages.remove_history(channel).await?);
+            self.stores()?.messages.remove_history(channel).await?;
+            if self.shared.broker.sequencer().is_some() {
+                // The recent stream too, or recovery would still return what was removed.
+                self.shared.broker.remove_history(channel).await?;
+            }
+            return Ok(());
         }
         Ok(self.shared.broker.remove_history(channel).await?)
     }
@@ -415,39 +519,6 @@ impl Node {
         Ok(self.shared.broker.publish_leave(channel, info).await?)
     }
 
-    /// Sends `control` to the user's connections (all, or the one with `client` id).
-    /// Returns how many connections it reached.
-    pub fn user_control(&self, user: &str, client: Option<&str>, control: Control) -> usize {
-        let mut n = 0;
-        for conn in self.shared.registry.user_conns(user) {
-            if client.is_none_or(|c| c == &*conn.client) {
-                conn.control(control.clone());
-                n += 1;
-            }
-        }
-        n
-    }
-
-    /// Disconnects a user's connections, except those whose client id is whitelisted.
-    pub fn disconnect_user(
-        &self,
-        user: &str,
-        client: Option<&str>,
-        whitelist: &[String],
-        d: &Disconnect,
-    ) -> usize {
-        let mut n = 0;
-        for conn in self.shared.registry.user_conns(user) {
-            if client.is_none_or(|c| c == &*conn.client)
-                && !whitelist.iter().any(|w| w == &*conn.client)
-            {
-                conn.disconnect(d.clone());
-                n += 1;
-            }
-        }
-        n
-    }
-
     /// Asks every connection to go away (graceful shutdown).
     pub fn disconnect_all(&self, d: Disconnect) {
         for conn in self.shared.registry.all_conns() {
@@ -468,7 +539,7 @@ impl Node {
         NodeInfo {
             uid: self.shared.uid.clone(),
             name: self.shared.name.clone(),
-            version: env!("CARGO_PKG_VERSION"),
+            version: env!("CARGO_PKG_VERSION").to_string(),
             num_clients: r.num_conns(),
             num_users: r.num_users(),
             num_channels: r.num_channels(),
@@ -507,6 +578,20 @@ impl Prepared {
     }
 }
 
+impl Shared {
+    /// Whether the publishing code (not the fan-out) runs the observers: in cluster
+    /// mode, so that each publication is observed once, on the node that published it.
+    fn observe_here(&self) -> bool {
+        self.spans_nodes && !self.observers.read().is_empty()
+    }
+
+    fn notify_observers(&self, channel: &str, publication: &Arc<Publication>, epoch: &str) {
+        for o in self.observers.read().iter() {
+            o.on_publication(channel, publication, epoch);
+        }
+    }
+}
+
 impl BrokerEventHandler for Shared {
     fn handle_publication(&self, channel: &str, publication: Arc<Publication>, epoch: &str) {
         let offset = publication.offset;
@@ -525,8 +610,23 @@ impl BrokerEventHandler for Shared {
             });
         });
         metrics::counter!(m::DELIVERIES_TOTAL).increment(n as u64);
-        for o in self.observers.read().iter() {
-            o.on_publication(channel, &publication, epoch);
+        if !self.spans_nodes {
+            self.notify_observers(channel, &publication, epoch);
+        }
+    }
+
+    fn handle_interrupted(&self, channel: &str) {
+        let n = self.registry.for_each_sub(channel, |name, sub| {
+            sub.conn.control(Control::Recover {
+                channel: name.to_string(),
+            });
+        });
+        if n > 0 {
+            tracing::debug!(
+                channel,
+                subscribers = n,
+                "delivery interrupted: subscribers told to recover"
+            );
         }
     }
 
@@ -607,5 +707,160 @@ mod tests {
                 ("news".to_string(), 0, String::new()),
             ]
         );
+    }
+
+    /// Cluster mode: the subscriber on node B gets node A's publication, and only node
+    /// A (the publisher) runs the observers.
+    #[tokio::test]
+    async fn cluster_mode_observes_each_publication_once_where_published() {
+        let redis = crate::cluster::testing::RedisServer::start();
+        let node = |url: String| async move {
+            let config = Arc::new(
+                Config::load_from(
+                    Some("[broker]\nkind = \"redis\"\n"),
+                    "t",
+                    vec![("HERALD_BROKER__REDIS_URL".to_string(), url)],
+                )
+                .unwrap(),
+            );
+            let conns = crate::cluster::redis::Redis::connect(&config.broker)
+                .await
+                .unwrap();
+            let broker = crate::broker::redis::RedisBroker::new(
+                Arc::new(conns),
+                std::time::Duration::from_secs(60),
+            );
+            Node::new(
+                config,
+                Arc::new(broker),
+                Arc::new(MemoryPresence::default()),
+                None,
+            )
+        };
+        let (a, b) = (node(redis.url()).await, node(redis.url()).await);
+        let (seen_a, seen_b) = (Arc::new(Seen::default()), Arc::new(Seen::default()));
+        a.add_observer(seen_a.clone());
+        b.add_observer(seen_b.clone());
+        let (conn, mut rx) = ConnHandle::new(1, "c".into(), "u".into(), Format::Json, 16);
+        b.subscribe(
+            "news",
+            Subscriber {
+                conn,
+                join_leave: false,
+            },
+        )
+        .await
+        .unwrap();
+        let pos = a
+            .publish("news", Bytes::from_static(b"{}"), PublishOptions::default())
+            .await
+            .unwrap();
+        let delivered = tokio::time::timeout(std::time::Duration::from_secs(5), rx.queue.recv())
+            .await
+            .unwrap();
+        assert!(matches!(delivered, Some(Outbound::Pub { offset: 1, .. })));
+        assert_eq!(
+            seen_a.0.lock().clone(),
+            vec![("news".to_string(), pos.offset, pos.epoch)]
+        );
+        assert!(seen_b.0.lock().is_empty(), "observed once, where published");
+    }
+
+    /// A broker whose subscribe and unsubscribe take a random while before they take
+    /// effect, like a Redis round trip, and that spans nodes (so the node orders them).
+    #[derive(Default)]
+    struct SlowBroker {
+        inner: MemoryBroker,
+        subscribed: parking_lot::Mutex<HashMap<String, bool>>,
+    }
+
+    async fn jitter() {
+        let us = rand::random::<u64>() % 500;
+        tokio::time::sleep(std::time::Duration::from_micros(us)).await;
+    }
+
+    #[async_trait::async_trait]
+    impl Broker for SlowBroker {
+        fn set_handler(&self, h: Weak<dyn BrokerEventHandler>) {
+            self.inner.set_handler(h)
+        }
+        async fn publish(
+            &self,
+            c: &str,
+            p: Publication,
+            h: HistoryOptions,
+        ) -> Result<StreamPosition, BrokerError> {
+            self.inner.publish(c, p, h).await
+        }
+        async fn publish_join(&self, c: &str, i: ClientInfo) -> Result<(), BrokerError> {
+            self.inner.publish_join(c, i).await
+        }
+        async fn publish_leave(&self, c: &str, i: ClientInfo) -> Result<(), BrokerError> {
+            self.inner.publish_leave(c, i).await
+        }
+        async fn subscribe(&self, c: &str) -> Result<(), BrokerError> {
+            jitter().await;
+            self.subscribed.lock().insert(c.to_string(), true);
+            Ok(())
+        }
+        async fn unsubscribe(&self, c: &str) -> Result<(), BrokerError> {
+            jitter().await;
+            self.subscribed.lock().insert(c.to_string(), false);
+            Ok(())
+        }
+        async fn history(
+            &self,
+            c: &str,
+            f: HistoryFilter,
+        ) -> Result<(Vec<Publication>, StreamPosition), BrokerError> {
+            self.inner.history(c, f).await
+        }
+        async fn remove_history(&self, c: &str) -> Result<(), BrokerError> {
+            self.inner.remove_history(c).await
+        }
+        fn spans_nodes(&self) -> bool {
+            true
+        }
+    }
+
+    /// Cluster mode: first/last-subscriber transitions racing on one channel never leave
+    /// it unsubscribed in the broker while it has a local subscriber, and a subscriber
+    /// returns only once the channel is subscribed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn racing_first_and_last_subscribers_keep_the_channel_subscribed() {
+        let broker = Arc::new(SlowBroker::default());
+        let config = Arc::new(Config::load_from(None, "t", vec![]).unwrap());
+        let node = Node::new(
+            config,
+            broker.clone(),
+            Arc::new(MemoryPresence::default()),
+            None,
+        );
+        let sub = |seq: u64| {
+            let (conn, _rx) = ConnHandle::new(seq, "c".into(), "u".into(), Format::Json, 4);
+            Subscriber {
+                conn,
+                join_leave: false,
+            }
+        };
+        let mut tasks = Vec::new();
+        for t in 0..16u64 {
+            let (node, broker) = (node.clone(), broker.clone());
+            tasks.push(tokio::spawn(async move {
+                for round in 0..20u64 {
+                    let seq = t * 100 + round;
+                    node.subscribe("race", sub(seq)).await.unwrap();
+                    let active = broker.subscribed.lock().get("race").copied();
+                    assert_eq!(active, Some(true), "subscribed before subscribe returns");
+                    node.unsubscribe("race", seq).await;
+                }
+            }));
+        }
+        node.subscribe("race", sub(1_000_000)).await.unwrap();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(broker.subscribed.lock().get("race").copied(), Some(true));
+        assert!(node.shared.sub_locks.as_ref().is_some_and(|l| l.is_empty()));
     }
 }

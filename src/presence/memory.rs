@@ -1,4 +1,5 @@
-//! In-process presence: a sharded map of channel -> client id -> info.
+//! In-process presence: a sharded map of channel -> client id -> info, and user ->
+//! connection ids.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
@@ -14,6 +15,7 @@ const SHARDS: usize = 32;
 /// Locks are parking_lot mutexes held only for map edits, never across `.await`.
 pub struct MemoryPresence {
     shards: Vec<Mutex<HashMap<String, HashMap<String, ClientInfo>>>>,
+    users: Vec<Mutex<HashMap<String, HashSet<String>>>>,
     hasher: RandomState,
 }
 
@@ -21,6 +23,7 @@ impl Default for MemoryPresence {
     fn default() -> Self {
         MemoryPresence {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            users: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
         }
     }
@@ -29,6 +32,10 @@ impl Default for MemoryPresence {
 impl MemoryPresence {
     fn shard(&self, channel: &str) -> &Mutex<HashMap<String, HashMap<String, ClientInfo>>> {
         &self.shards[(self.hasher.hash_one(channel) as usize) % SHARDS]
+    }
+
+    fn user_shard(&self, user: &str) -> &Mutex<HashMap<String, HashSet<String>>> {
+        &self.users[(self.hasher.hash_one(user) as usize) % SHARDS]
     }
 }
 
@@ -73,6 +80,46 @@ impl PresenceManager for MemoryPresence {
             num_clients: m.len() as u32,
             num_users: users.len() as u32,
         })
+    }
+
+    async fn add_connection(
+        &self,
+        user: &str,
+        conn: &str,
+        limit: usize,
+    ) -> Result<bool, PresenceError> {
+        let mut shard = self.user_shard(user).lock();
+        let set = shard.entry(user.to_string()).or_default();
+        if set.contains(conn) {
+            return Ok(true);
+        }
+        if limit > 0 && set.len() >= limit {
+            if set.is_empty() {
+                shard.remove(user);
+            }
+            return Ok(false);
+        }
+        set.insert(conn.to_string());
+        Ok(true)
+    }
+
+    async fn remove_connection(&self, user: &str, conn: &str) -> Result<(), PresenceError> {
+        let mut shard = self.user_shard(user).lock();
+        if let Some(set) = shard.get_mut(user) {
+            set.remove(conn);
+            if set.is_empty() {
+                shard.remove(user);
+            }
+        }
+        Ok(())
+    }
+
+    async fn connections(&self, user: &str) -> Result<usize, PresenceError> {
+        Ok(self
+            .user_shard(user)
+            .lock()
+            .get(user)
+            .map_or(0, HashSet::len))
     }
 }
 

@@ -1,9 +1,13 @@
 //! Who is subscribed to a channel, for the `presence` and `presence_stats` commands.
 //!
-//! `memory` is the single-node default; a Redis implementation (cluster mode) keeps
-//! per-client entries with an expiry that the owning node refreshes.
+//! Also counts each user's connections, for `client.max_connections_per_user`.
+//!
+//! `memory` is the single-node default; `redis` (cluster mode) keeps per-client entries
+//! with an expiry that the owning node refreshes, so presence and the per-user limit are
+//! cluster-wide and a node that dies leaves nothing behind for long.
 
 pub mod memory;
+pub mod redis;
 
 use std::collections::HashMap;
 
@@ -30,6 +34,18 @@ pub trait PresenceManager: Send + Sync + 'static {
     /// Client id -> info of every client present in `channel`.
     async fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, PresenceError>;
     async fn stats(&self, channel: &str) -> Result<PresenceStats, PresenceError>;
+    /// Counts connection `conn` of `user` unless the user already has `limit` of them
+    /// (0 = no limit); false when at the limit. Adding a counted `conn` again is a no-op
+    /// that returns true.
+    async fn add_connection(
+        &self,
+        user: &str,
+        conn: &str,
+        limit: usize,
+    ) -> Result<bool, PresenceError>;
+    async fn remove_connection(&self, user: &str, conn: &str) -> Result<(), PresenceError>;
+    /// How many connections `user` has.
+    async fn connections(&self, user: &str) -> Result<usize, PresenceError>;
 }
 
 #[cfg(test)]
@@ -72,5 +88,37 @@ pub(crate) mod conformance {
         p.remove("c", "3").await.unwrap();
         assert!(p.presence("c").await.unwrap().is_empty());
         assert_eq!(p.stats("nobody").await.unwrap(), PresenceStats::default());
+        // A re-add replaces the entry (info refreshed), it does not count twice.
+        let mut again = info("dave", "5");
+        p.add("d", again.clone()).await.unwrap();
+        again.chan_info = bytes::Bytes::from_static(b"{}");
+        p.add("d", again.clone()).await.unwrap();
+        assert_eq!(p.presence("d").await.unwrap()["5"], again);
+        assert_eq!(p.stats("d").await.unwrap().num_clients, 1);
+
+        // Per-user connection counts and the limit.
+        assert!(p.add_connection("erin", "a", 2).await.unwrap());
+        assert!(
+            p.add_connection("erin", "a", 2).await.unwrap(),
+            "idempotent"
+        );
+        assert!(p.add_connection("erin", "b", 2).await.unwrap());
+        assert!(
+            !p.add_connection("erin", "c", 2).await.unwrap(),
+            "at the limit"
+        );
+        assert!(p.add_connection("frank", "c", 2).await.unwrap(), "per user");
+        assert_eq!(p.connections("erin").await.unwrap(), 2);
+        p.remove_connection("erin", "a").await.unwrap();
+        assert!(
+            p.add_connection("erin", "c", 2).await.unwrap(),
+            "slot freed"
+        );
+        assert!(
+            p.add_connection("erin", "d", 0).await.unwrap(),
+            "0 = no limit"
+        );
+        assert_eq!(p.connections("erin").await.unwrap(), 3);
+        assert_eq!(p.connections("nobody").await.unwrap(), 0);
     }
 }

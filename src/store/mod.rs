@@ -7,6 +7,7 @@
 //! [`BrokerEventHandler`] so the fan-out sees exactly the order of the log. Every backend
 //! passes the conformance suite in `conformance.rs`.
 
+pub mod push_sqlite;
 pub mod scylla;
 pub mod sqlite;
 
@@ -81,6 +82,22 @@ pub trait MessageStore: Send + Sync + 'static {
     ) -> Result<(Vec<Publication>, StreamPosition), StoreError>;
     /// Removes the messages; the epoch and the top offset stay.
     async fn remove_history(&self, channel: &str) -> Result<(), StoreError>;
+    /// Cluster mode: writes `publication` at the offset the cluster's sequencer gave it
+    /// (`publication.offset`), in the sequencer's `epoch`, and returns once durable.
+    /// Idempotent: a message already at that offset is kept. The channel's top only
+    /// moves forward. Nothing is delivered (the broker already did).
+    async fn append_at(
+        &self,
+        channel: &str,
+        epoch: &str,
+        publication: Publication,
+        retention: Retention,
+    ) -> Result<(), StoreError> {
+        let _ = (channel, epoch, publication, retention);
+        Err(StoreError::Unavailable(
+            "append_at (cluster mode) is not supported by this store backend".into(),
+        ))
+    }
 }
 
 #[async_trait]

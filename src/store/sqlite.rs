@@ -73,6 +73,8 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
 enum Op {
     Append(Box<Append>, Reply<Appended>),
+    /// Cluster mode: a write at an offset the sequencer assigned (`append_at`).
+    AppendAt(Box<AppendAt>, Reply<()>),
     /// Any other write, run alone on the writer connection.
     Exec(Job),
 }
@@ -307,6 +309,24 @@ impl MessageStore for Arc<SqliteStore> {
         rx.await.map_err(|_| unavailable("store writer stopped"))?
     }
 
+    async fn append_at(
+        &self,
+        channel: &str,
+        epoch: &str,
+        publication: Publication,
+        retention: Retention,
+    ) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let req = AppendAt {
+            channel: channel.to_string(),
+            epoch: epoch.to_string(),
+            publication,
+            retention,
+        };
+        self.send(Op::AppendAt(Box::new(req), tx))?;
+        rx.await.map_err(|_| unavailable("store writer stopped"))?
+    }
+
     async fn history(
         &self,
         channel: &str,
@@ -501,6 +521,14 @@ impl ConversationStore for Arc<SqliteStore> {
     }
 }
 
+/// A publication to write at the offset it carries, in the given epoch.
+struct AppendAt {
+    channel: String,
+    epoch: String,
+    publication: Publication,
+    retention: Retention,
+}
+
 /// State owned by the writer thread.
 struct Writer {
     conn: Connection,
@@ -542,6 +570,10 @@ impl Writer {
                 match op {
                     Op::Append(req, reply) => appends.push((req, reply)),
                     Op::Exec(job) => execs.push(job),
+                    Op::AppendAt(req, reply) => {
+                        let r = self.append_at(&req);
+                        let _ = reply.send(r);
+                    }
                 }
                 next = if appends.len() < MAX_BATCH {
                     rx.try_recv().ok()
@@ -642,6 +674,62 @@ impl Writer {
                 }
             };
             let _ = reply.send(answer);
+        }
+    }
+
+    /// Writes one publication at its given offset, idempotently, in its own
+    /// transaction. The cached top of the channel is dropped: another node may have
+    /// moved it (the file can be shared by several nodes in tests).
+    fn append_at(&mut self, req: &AppendAt) -> Result<(), StoreError> {
+        let offset = req.publication.offset;
+        let result = (|| -> rusqlite::Result<()> {
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let mut publication = req.publication.clone();
+            publication.offset = 0;
+            let user = publication
+                .info
+                .as_ref()
+                .map(|i| i.user.clone())
+                .unwrap_or_default();
+            tx.prepare_cached(
+                "INSERT INTO messages (channel, offset, time_ms, user, body) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![
+                req.channel,
+                offset as i64,
+                now_ms(),
+                user,
+                publication.encode_to_vec()
+            ])?;
+            tx.prepare_cached(
+                "INSERT INTO channels (channel, epoch, top) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(channel) DO UPDATE SET epoch = excluded.epoch, top = max(top, excluded.top)",
+            )?
+            .execute(params![req.channel, req.epoch, offset as i64])?;
+            let max_count = req.retention.max_count;
+            if max_count > 0 && offset > max_count {
+                tx.prepare_cached("DELETE FROM messages WHERE channel = ?1 AND offset <= ?2")?
+                    .execute(params![req.channel, (offset - max_count) as i64])?;
+            }
+            tx.commit()
+        })();
+        self.tops.remove(&req.channel);
+        match result {
+            Ok(()) => {
+                if !req.retention.max_age.is_zero() {
+                    self.retention
+                        .insert(req.channel.clone(), req.retention.max_age);
+                }
+                metrics::counter!(m::STORE_APPENDS_TOTAL, "result" => "ok").increment(1);
+                Ok(())
+            }
+            Err(e) => {
+                metrics::counter!(m::STORE_APPENDS_TOTAL, "result" => "error").increment(1);
+                Err(unavailable(e))
+            }
         }
     }
 
@@ -800,6 +888,32 @@ mod tests {
     async fn sqlite_store_passes_conformance() {
         let (s, _dir) = temp_store();
         crate::store::conformance::run_all(s).await;
+    }
+
+    /// Cluster mode writes at the sequencer's offsets: idempotent, top only forward,
+    /// the sequencer's epoch, nothing delivered.
+    #[tokio::test]
+    async fn append_at_is_idempotent_and_keeps_the_given_offsets() {
+        let (s, _dir) = temp_store();
+        let at = |offset: u64, text: &'static str| Publication {
+            data: Bytes::from_static(text.as_bytes()),
+            offset,
+            ..Default::default()
+        };
+        let r = Retention::default();
+        s.append_at("c", "e1", at(2, "b"), r).await.unwrap();
+        s.append_at("c", "e1", at(1, "a"), r).await.unwrap();
+        s.append_at("c", "e1", at(2, "other"), r).await.unwrap();
+        let (pubs, top) = s.history("c", HistoryFilter::default()).await.unwrap();
+        assert_eq!(
+            top,
+            StreamPosition {
+                offset: 2,
+                epoch: "e1".into()
+            }
+        );
+        let got: Vec<(u64, &[u8])> = pubs.iter().map(|p| (p.offset, &p.data[..])).collect();
+        assert_eq!(got, vec![(1, b"a".as_slice()), (2, b"b".as_slice())]);
     }
 
     #[tokio::test]
