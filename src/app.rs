@@ -206,6 +206,7 @@ pub async fn run(
         node: node.clone(),
         verifier,
         shutdown: stop.clone(),
+        meters: crate::gateway::meters::WireMeters::register(),
     };
     let api_state = ApiState {
         node: node.clone(),

@@ -6,6 +6,7 @@
 
 mod commands;
 mod connect;
+pub mod meters;
 mod push_rpc;
 mod ratelimit;
 mod rpc;
@@ -32,6 +33,7 @@ pub struct GatewayState {
     pub verifier: Arc<Verifier>,
     /// Cancelled on shutdown: sessions that are not connected yet close at once.
     pub shutdown: CancellationToken,
+    pub meters: meters::WireMeters,
 }
 
 /// Picks the wire format the way the official SDKs ask for it: the

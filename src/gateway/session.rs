@@ -219,11 +219,11 @@ impl Session {
     async fn on_message(&mut self, msg: AggregatedMessage) -> Option<Disconnect> {
         let commands = match (msg, self.format) {
             (AggregatedMessage::Text(text), Format::Json) => {
-                metrics::counter!(m::BYTES_IN_TOTAL).increment(text.len() as u64);
+                self.st.meters.bytes_in.increment(text.len() as u64);
                 decode_json_commands(text.as_bytes())
             }
             (AggregatedMessage::Binary(bin), Format::Protobuf) => {
-                metrics::counter!(m::BYTES_IN_TOTAL).increment(bin.len() as u64);
+                self.st.meters.bytes_in.increment(bin.len() as u64);
                 decode_protobuf_commands(bin)
             }
             (AggregatedMessage::Ping(p), _) => {
@@ -311,7 +311,10 @@ impl Session {
             };
         }
         if let Some(t) = oldest {
-            metrics::histogram!(m::PUBLISH_TO_WRITE_SECONDS).record(t.elapsed().as_secs_f64());
+            self.st
+                .meters
+                .publish_to_write
+                .record(t.elapsed().as_secs_f64());
         }
         for channel in gaps {
             // Never a silent gap: the SDK resubscribes and recovers from its position.
@@ -377,10 +380,10 @@ impl Session {
                 Format::Protobuf => ws.binary(frame).await,
             }
         };
-        match tokio::time::timeout(timeout, write).await {
+        match ready_or_timeout(timeout, write).await {
             Ok(Ok(())) => {
-                metrics::counter!(m::BYTES_OUT_TOTAL).increment(len);
-                metrics::counter!(m::FRAMES_OUT_TOTAL).increment(1);
+                self.st.meters.bytes_out.increment(len);
+                self.st.meters.frames_out.increment(1);
                 None
             }
             Ok(Err(_closed)) => Some(codes::DISCONNECT_WRITE_ERROR.into()),
@@ -413,6 +416,23 @@ impl Session {
             }
             self.st.node.remove_conn(&conn.handle);
         }
+    }
+}
+
+/// Runs `fut` with a time limit, arming the timer only if the first poll is pending.
+///
+/// A write to a connection whose queue to the socket has room completes on its first
+/// poll; a `tokio::time::timeout` around every write cost ~10% of all instructions in
+/// the broadcast profile (docs/BENCHMARKS.md) to guard the rare write that waits.
+async fn ready_or_timeout<F: std::future::Future>(
+    limit: std::time::Duration,
+    fut: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let mut fut = std::pin::pin!(fut);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx))).await;
+    match first {
+        std::task::Poll::Ready(out) => Ok(out),
+        std::task::Poll::Pending => tokio::time::timeout(limit, fut).await,
     }
 }
 

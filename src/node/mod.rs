@@ -150,6 +150,8 @@ struct Shared {
     name: String,
     started: Instant,
     next_seq: AtomicU64,
+    /// Registered once: a lookup per publication showed in the broadcast profile.
+    deliveries: metrics::Counter,
 }
 
 impl Node {
@@ -176,6 +178,7 @@ impl Node {
             name,
             started: Instant::now(),
             next_seq: AtomicU64::new(1),
+            deliveries: metrics::counter!(m::DELIVERIES_TOTAL),
         });
         let as_handler: Arc<dyn BrokerEventHandler> = shared.clone();
         let weak: Weak<dyn BrokerEventHandler> = Arc::downgrade(&as_handler);
@@ -609,7 +612,7 @@ impl BrokerEventHandler for Shared {
                 published: now,
             });
         });
-        metrics::counter!(m::DELIVERIES_TOTAL).increment(n as u64);
+        self.deliveries.increment(n as u64);
         if !self.spans_nodes {
             self.notify_observers(channel, &publication, epoch);
         }
