@@ -19,6 +19,7 @@ use crate::gateway::{self, GatewayState};
 use crate::node::{Node, Stores};
 use crate::presence::memory::MemoryPresence;
 use crate::protocol::codes;
+use crate::store::metered::Metered;
 use crate::store::scylla::{ScyllaOptions, ScyllaStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore, Sync};
 
@@ -70,10 +71,7 @@ async fn open_store(config: &Config) -> anyhow::Result<Option<Stores>> {
             keyspace = %config.store.scylla_keyspace,
             "ScyllaDB store open"
         );
-        return Ok(Some(Stores {
-            messages: Arc::new(store.clone()),
-            conversations: Arc::new(store),
-        }));
+        return Ok(Some(metered(Arc::new(store.clone()), Arc::new(store))));
     }
     let options = sqlite_options(config);
     let path = options.path.clone();
@@ -81,10 +79,20 @@ async fn open_store(config: &Config) -> anyhow::Result<Option<Stores>> {
         .map_err(|e| anyhow::anyhow!("cannot open the store at {}: {e}", path.display()))?;
     let store = Arc::new(store);
     tracing::info!(path = %path.display(), "embedded store open");
-    Ok(Some(Stores {
-        messages: Arc::new(store.clone()),
-        conversations: Arc::new(store),
-    }))
+    Ok(Some(metered(Arc::new(store.clone()), Arc::new(store))))
+}
+
+/// Every store call goes through [`Metered`] so its latency and failures are measured
+/// the same way for each backend.
+fn metered(
+    messages: Arc<dyn crate::store::MessageStore>,
+    conversations: Arc<dyn crate::store::ConversationStore>,
+) -> Stores {
+    let store = Metered::new(messages, conversations);
+    Stores {
+        messages: store.clone(),
+        conversations: store,
+    }
 }
 
 fn sqlite_options(config: &Config) -> SqliteOptions {

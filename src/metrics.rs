@@ -23,8 +23,11 @@ pub const API_REQUEST_SECONDS: &str = "herald_api_request_duration_seconds";
 pub const STORE_COMMIT_SECONDS: &str = "herald_store_commit_seconds";
 pub const STORE_APPENDS_TOTAL: &str = "herald_store_appends_total";
 pub const STORE_ERRORS_TOTAL: &str = "herald_store_errors_total";
+pub const STORE_OPERATION_SECONDS: &str = "herald_store_operation_duration_seconds";
 pub const REDIS_ERRORS_TOTAL: &str = "herald_redis_errors_total";
 pub const REDIS_RECONNECTS_TOTAL: &str = "herald_redis_reconnects_total";
+pub const REDIS_COMMAND_SECONDS: &str = "herald_redis_command_duration_seconds";
+pub const REDIS_UP: &str = "herald_redis_up";
 pub const REDIS_PUBSUB_LAG_SECONDS: &str = "herald_redis_pubsub_lag_seconds";
 pub const CLUSTER_NODES: &str = "herald_cluster_nodes";
 pub const RECONCILED_TOTAL: &str = "herald_store_reconciled_total";
@@ -139,11 +142,25 @@ fn describe() {
     );
     describe_counter!(
         STORE_ERRORS_TOTAL,
-        "Store operations that failed, by operation."
+        "Store operations the backend failed, by op (append, append_at, history, members, set_read, conversations, remove_history, remove_user_data; commit: an embedded group commit)."
+    );
+    describe_histogram!(
+        STORE_OPERATION_SECONDS,
+        Unit::Seconds,
+        "Store calls of any backend, by op (append: a publish waiting for durability; append_at: the same in cluster mode; history; ...)."
     );
     describe_counter!(
         REDIS_ERRORS_TOTAL,
         "Cluster mode: failed Redis operations, by op (publish, history, seed, subscribe, presence, control, heartbeat, reconcile, pubsub, decode)."
+    );
+    describe_histogram!(
+        REDIS_COMMAND_SECONDS,
+        Unit::Seconds,
+        "Cluster mode: one Redis operation (a command, pipeline or script) from send to reply, by op; failures and timeouts included."
+    );
+    describe_gauge!(
+        REDIS_UP,
+        "Cluster mode: 1 if the last keepalive PING (every second) to this Redis shard was answered, else 0; by shard (its index in broker.redis_url)."
     );
     describe_counter!(
         REDIS_RECONNECTS_TOTAL,

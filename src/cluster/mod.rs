@@ -305,10 +305,14 @@ fn zero_series() {
     for op in [
         "publish",
         "history",
+        "seed",
         "subscribe",
         "presence",
         "control",
+        "heartbeat",
+        "reconcile",
         "pubsub",
+        "decode",
     ] {
         metrics::counter!(m::REDIS_ERRORS_TOTAL, "op" => op).increment(0);
     }

@@ -114,7 +114,13 @@ impl Redis {
         }
         let stop = CancellationToken::new();
         for s in &shards {
-            tokio::spawn(keepalive(s.conn.clone(), cfg.redis_timeout, stop.clone()));
+            metrics::gauge!(m::REDIS_UP, "shard" => s.index.to_string()).set(1.0);
+            tokio::spawn(keepalive(
+                s.index,
+                s.conn.clone(),
+                cfg.redis_timeout,
+                stop.clone(),
+            ));
         }
         Ok(Redis {
             shards,
@@ -144,7 +150,10 @@ impl Redis {
         op: &'static str,
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, RedisFailure> {
+        let started = std::time::Instant::now();
         let r = bounded(self.timeout, fut).await;
+        metrics::histogram!(m::REDIS_COMMAND_SECONDS, "op" => op)
+            .record(started.elapsed().as_secs_f64());
         if let Err(e) = &r {
             metrics::counter!(m::REDIS_ERRORS_TOTAL, "op" => op).increment(1);
             tracing::debug!(cause = %e, op, "redis operation failed");
@@ -166,22 +175,37 @@ impl Redis {
         F: FnMut() -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        match bounded(self.timeout, make()).await {
+        let started = std::time::Instant::now();
+        let first = bounded(self.timeout, make()).await;
+        let seconds = started.elapsed().as_secs_f64();
+        match first {
             Err(RedisFailure::Redis(e)) if e.is_io_error() || e.is_unrecoverable_error() => {
                 self.run(op, make()).await
             }
             Err(e) => {
+                metrics::histogram!(m::REDIS_COMMAND_SECONDS, "op" => op).record(seconds);
                 metrics::counter!(m::REDIS_ERRORS_TOTAL, "op" => op).increment(1);
                 Err(e)
             }
-            ok => ok,
+            ok => {
+                metrics::histogram!(m::REDIS_COMMAND_SECONDS, "op" => op).record(seconds);
+                ok
+            }
         }
     }
 }
 
 /// Pings through the command connection so that a connection killed by a Redis restart
-/// is noticed (and replaced) without waiting for a real command to fail on it.
-async fn keepalive(mut conn: ConnectionManager, timeout: Duration, stop: CancellationToken) {
+/// is noticed (and replaced) without waiting for a real command to fail on it. The
+/// answer is also the shard's `herald_redis_up`: errors only count commands that were
+/// tried, so an idle node needs this to say its Redis is gone.
+async fn keepalive(
+    index: usize,
+    mut conn: ConnectionManager,
+    timeout: Duration,
+    stop: CancellationToken,
+) {
+    let up = metrics::gauge!(m::REDIS_UP, "shard" => index.to_string());
     let mut tick = tokio::time::interval(KEEPALIVE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -189,7 +213,8 @@ async fn keepalive(mut conn: ConnectionManager, timeout: Duration, stop: Cancell
             _ = stop.cancelled() => return,
             _ = tick.tick() => {
                 let ping = redis::cmd("PING").to_owned();
-                let _ = bounded(timeout, ping.query_async::<redis::Value>(&mut conn)).await;
+                let answered = bounded(timeout, ping.query_async::<redis::Value>(&mut conn)).await;
+                up.set(if answered.is_ok() { 1.0 } else { 0.0 });
             }
         }
     }

@@ -7,6 +7,7 @@
 //! [`BrokerEventHandler`] so the fan-out sees exactly the order of the log. Every backend
 //! passes the conformance suite in `conformance.rs`.
 
+pub mod metered;
 pub mod push_sqlite;
 pub mod scylla;
 pub mod sqlite;
