@@ -54,6 +54,8 @@ step "PyPI cent client against a running Herald (tests/cent)"
 tests/cent/run.sh "$herald"
 
 step "operations: dashboards, alerts, /metrics, compose, OpenAPI (tests/ops)"
+# Its Kafka (mock cluster) and fake APNs/FCM are these examples; `cargo test` built them.
+cargo build --locked --example kafka_demo --example push_fakes
 tests/ops/run.sh "$herald"
 
 # The release binary, built exactly as the Dockerfile builds it.

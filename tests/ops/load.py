@@ -7,7 +7,12 @@
   400, 401, 404);
 - a slow client that subscribes to a firehose and stops reading, until Herald cuts it
   off with 3008 (herald_outbound_queue_full_total, herald_disconnects_total{code="3008"});
-- a user disconnected through the server API (3503).
+- a user disconnected through the server API (3503);
+- chat: a conversation (persisted `chat` namespace: store appends, Kafka egress) whose
+  offline member has devices, so publications cause fallback pushes; direct
+  send_push_notification calls; devices whose tokens the fake providers (see
+  examples/push_fakes.rs) answer with "unregistered" (removed, registered again) or
+  503 (retried until given up).
 
 Usage: python load.py --ws ws://127.0.0.1:PORT/connection/websocket
                       --api http://127.0.0.1:PORT --key KEY --secret SECRET [--duration 120]
@@ -185,6 +190,32 @@ async def kicked_user(args, stop):
         await asyncio.sleep(5)
 
 
+# Tokens examples/push_fakes.rs answers specially (the others get 200).
+APNS_OK = "a0" * 32
+APNS_DEAD = "dead" + "0" * 60
+APNS_BUSY = "b0b0" + "0" * 60
+FCM_OK, FCM_DEAD, FCM_BUSY = "ops-fcm-ok", "ops-fcm-dead", "ops-fcm-busy"
+DEVICES = [("ios", APNS_OK), ("ios", APNS_DEAD), ("ios", APNS_BUSY),
+           ("android", FCM_OK), ("android", FCM_DEAD), ("android", FCM_BUSY)]
+
+
+async def chat_and_push(args, stop):
+    """Chat publications with an offline member, and direct pushes."""
+    await api(args, "conversation_create", {"channel": "chat:ops", "users": ["talker", "phone"]})
+    for i in itertools.count():
+        if stop.is_set():
+            return
+        if i % 10 == 0:  # dead tokens were removed by then: register them again
+            for platform, tok in DEVICES:
+                await api(args, "device_register", {"user": "phone", "platform": platform, "token": tok})
+        await api(args, "publish", {"channel": "chat:ops", "data": {"text": f"hi {i}"}})
+        if i % 5 == 0:
+            await api(args, "send_push_notification", {
+                "recipient": {"filter": {"users": ["phone"]}},
+                "notification": {"title": "ops", "body": f"direct {i}"}})
+        await asyncio.sleep(0.5)
+
+
 async def main():
     p = argparse.ArgumentParser()
     p.add_argument("--ws", required=True)
@@ -195,7 +226,7 @@ async def main():
     args = p.parse_args()
     stop = asyncio.Event()
     tasks = [asyncio.create_task(reader(args, n, stop)) for n in range(READERS)]
-    tasks += [asyncio.create_task(f(args, stop)) for f in (backend, slow_client, kicked_user)]
+    tasks += [asyncio.create_task(f(args, stop)) for f in (backend, slow_client, kicked_user, chat_and_push)]
     started = time.monotonic()
     while time.monotonic() - started < args.duration:
         await asyncio.sleep(5)

@@ -7,12 +7,23 @@
 # 1. dashboards validate against Grafana's schema (validate_dashboards.py);
 # 2. promtool check rules / test rules / check config on deploy/prometheus/;
 # 3. docker-compose.yml: `docker-compose config` and check_compose.py;
-# 4. starts HERALD_BINARY and a real Prometheus (1 s scrapes, alerts.yml loaded) on free
-#    127.0.0.1 ports, runs load.py against Herald, and check_panels.py queries every
-#    dashboard panel through Prometheus: each must return data; every rule evaluates;
+# 4. starts, on free 127.0.0.1 ports, a redis-server, an in-process Kafka (librdkafka's
+#    mock cluster, `kafka_demo broker`), the fake APNs and FCM (`push_fakes`), HERALD_BINARY
+#    in cluster mode using all three (Redis broker and presence, Kafka ingest with a
+#    dead-letter topic and egress, push), and a real Prometheus (1 s scrapes, alerts.yml
+#    loaded); runs load.py (WebSocket clients, server API, chat with offline members,
+#    pushes) and a Kafka producer against it; check_panels.py then queries every panel
+#    of every dashboard through Prometheus: each must return data; every rule evaluates;
 # 5. promtool check metrics on Herald's /metrics after the load;
 # 6. GET /api/openapi.json is docs/openapi.yaml; schemathesis runs the spec against the
-#    live Herald: no 5xx, every response as documented.
+#    live Herald: no 5xx, every response as documented;
+# 7. the fake providers saw no request that breaks Apple's or Google's rules.
+#
+# kafka_demo and push_fakes are examples of this crate, looked for next to the binary
+# (DIR/examples/ for DIR/herald; `cargo test` and `cargo build --examples` build them) or
+# in OPS_EXAMPLES_DIR. The run fails when one is missing: every panel is checked, none
+# is skipped. One Herald node runs (cross-node behaviour is tested by tests/cluster*.rs),
+# so each query is checked for All and for that node.
 #
 # Installs what it needs: Debian packages prometheus (promtool) and docker-compose
 # (used only to validate the file; no Docker engine is needed), and tests/ops/.venv
@@ -62,8 +73,7 @@ promtool check rules "$repo/deploy/prometheus/alerts.yml"
 promtool check config "$repo/deploy/prometheus/prometheus.yml"
 
 step "docker-compose.yml: schema and wiring"
-(cd "$repo" && docker-compose -f docker-compose.yml config -q \
-    && docker-compose -f docker-compose.yml --profile cluster config -q)
+(cd "$repo" && docker-compose -f docker-compose.yml config -q)
 echo "docker-compose config: ok"
 "$py" "$here/check_compose.py"
 
@@ -72,7 +82,9 @@ tmp="$(mktemp -d -t herald-ops.XXXXXX)"
 pids=()
 cleanup() {
     local pid
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    local i
+    # Newest first: Herald stops before the Redis, Kafka and fakes it uses.
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill -TERM "${pids[i]}" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
     if [ "${OPS_KEEP:-}" = 1 ]; then echo "ops: kept $tmp"; else rm -rf "$tmp"; fi
 }
@@ -89,18 +101,77 @@ wait_http() { # URL WHAT PID LOG
     done
     echo "$2 did not answer $1; its log:"; tail -n 50 "$4"; return 1
 }
-show_logs() { echo "--- herald log (tail) ---"; tail -n 40 "$tmp/herald.log"; echo "--- load log (tail) ---"; tail -n 20 "$tmp/load.log" 2>/dev/null || true; }
+show_logs() {
+    local f
+    for f in herald load kafka-produce push kafka redis; do
+        [ -f "$tmp/$f.log" ] || continue
+        echo "--- $f log (tail) ---"; tail -n 30 "$tmp/$f.log"
+    done
+}
 
 hport="$(free_port)"
 pport="$(free_port)"
+rport="$(free_port)"
 key="ops-key-$RANDOM$RANDOM"
 secret="ops-secret-$RANDOM$RANDOM"
 base="http://127.0.0.1:$hport"
 
-step "starting Herald on 127.0.0.1:$hport"
-# A short queue and write timeout so the slow client of load.py is cut off quickly.
-HERALD_HTTP__ADDR="127.0.0.1:$hport" HERALD_API__KEY="$key" HERALD_AUTH__HMAC_SECRET="$secret" \
-HERALD_STORE__PATH="$tmp/store" HERALD_CLIENT__OUTBOUND_QUEUE_LEN=16 HERALD_CLIENT__WRITE_TIMEOUT=2s RUST_LOG=warn \
+# Cluster mode needs a Redis; Kafka and push need the two helpers built with Herald
+# (`cargo build --examples`, or `cargo test`, which builds them too). None is optional:
+# without them the dependencies and push dashboards would have nothing to show, and
+# this check must fail rather than pass on fewer panels.
+examples="${OPS_EXAMPLES_DIR:-$(dirname "$bin")/examples}"
+for helper in kafka_demo push_fakes; do
+    [ -x "$examples/$helper" ] || {
+        echo "run.sh: $examples/$helper is missing: build it with 'cargo build --example $helper'" \
+             "(or set OPS_EXAMPLES_DIR)" >&2
+        exit 2
+    }
+done
+command -v redis-server >/dev/null 2>&1 || { echo "run.sh: redis-server is not installed" >&2; exit 2; }
+
+step "starting redis-server on 127.0.0.1:$rport (cluster mode broker and presence)"
+redis-server --bind 127.0.0.1 --port "$rport" --save "" --appendonly no --daemonize no \
+    --dir "$tmp" >"$tmp/redis.log" 2>&1 &
+pids+=("$!")
+for _ in $(seq 1 50); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$rport") 2>/dev/null && break
+    sleep 0.1
+done
+
+step "starting an in-process Kafka (librdkafka's mock cluster, examples/kafka_demo.rs)"
+"$examples/kafka_demo" broker --brokers 1 --topic herald.commands:3 --topic herald.dlq:1 \
+    --topic herald.publications:3 >"$tmp/kafka.out" 2>"$tmp/kafka.log" &
+kpid=$!
+pids+=("$kpid")
+for _ in $(seq 1 100); do [ -s "$tmp/kafka.out" ] && break; sleep 0.1; done
+kafka="$(head -n 1 "$tmp/kafka.out")"
+[ -n "$kafka" ] || { echo "the mock Kafka printed no bootstrap servers:"; cat "$tmp/kafka.log"; exit 1; }
+echo "Kafka bootstrap servers: $kafka"
+
+step "starting fake APNs and FCM (tests/fakes via examples/push_fakes.rs)"
+"$examples/push_fakes" "$tmp/push" >"$tmp/push.env" 2>"$tmp/push.log" &
+fpid=$!
+pids+=("$fpid")
+for _ in $(seq 1 100); do grep -qx ready "$tmp/push.env" 2>/dev/null && break; sleep 0.1; done
+grep -qx ready "$tmp/push.env" || { echo "push_fakes did not start:"; cat "$tmp/push.log"; exit 1; }
+push_env=()
+while IFS= read -r line; do
+    case "$line" in HERALD_PUSH__*=*) push_env+=("$line") ;; esac
+done <"$tmp/push.env"
+
+step "starting Herald in cluster mode on 127.0.0.1:$hport (Redis, Kafka ingest and egress, push)"
+# A short queue and write timeout so the slow client of load.py is cut off quickly;
+# short push backoffs so that the fakes' 503 tokens exhaust their attempts in the run.
+env HERALD_HTTP__ADDR="127.0.0.1:$hport" HERALD_API__KEY="$key" HERALD_AUTH__HMAC_SECRET="$secret" \
+    HERALD_STORE__PATH="$tmp/store" HERALD_CLIENT__OUTBOUND_QUEUE_LEN=16 HERALD_CLIENT__WRITE_TIMEOUT=2s \
+    HERALD_BROKER__KIND=redis HERALD_BROKER__REDIS_URL="redis://127.0.0.1:$rport" \
+    HERALD_BROKER__REDIS_PREFIX="ops$RANDOM" \
+    HERALD_KAFKA__BROKERS="$kafka" HERALD_KAFKA__INGEST_ENABLED=true \
+    HERALD_KAFKA__TOPICS=herald.commands HERALD_KAFKA__DLQ_TOPIC=herald.dlq \
+    HERALD_KAFKA__EGRESS_ENABLED=true HERALD_KAFKA__EGRESS_TOPIC=herald.publications \
+    HERALD_PUSH__BACKOFF_MIN=100ms HERALD_PUSH__BACKOFF_MAX=300ms HERALD_PUSH__MAX_ATTEMPTS=3 \
+    "${push_env[@]}" RUST_LOG=warn \
     "$bin" serve >"$tmp/herald.log" 2>&1 &
 hpid=$!
 pids+=("$hpid")
@@ -125,9 +196,23 @@ ppid=$!
 pids+=("$ppid")
 wait_http "http://127.0.0.1:$pport/-/ready" prometheus "$ppid" "$tmp/prometheus.log"
 
-step "load: WebSocket clients and server API calls (load.py, at most 240 s)"
+step "load: WebSocket clients, server API calls and pushes (load.py, at most 240 s)"
 "$py" -u "$here/load.py" --ws "ws://127.0.0.1:$hport/connection/websocket" --api "$base" \
     --key "$key" --secret "$secret" --duration 240 >"$tmp/load.log" 2>&1 &
+pids+=("$!")
+
+step "load: Kafka commands to herald.commands (valid ones, and some for the dead-letter topic)"
+(
+    child=""
+    trap '[ -n "$child" ] && kill -TERM "$child" 2>/dev/null; exit 0' TERM
+    produce() { "$examples/kafka_demo" produce --brokers "$kafka" --topic herald.commands "$@" & child=$!; wait "$child" || true; }
+    for i in $(seq 1 120); do
+        produce --channel "chat:kafka$((i % 3))" --text "from kafka $i" --count 5
+        # Not JSON: herald_kafka_records_failed_total{kind="invalid"} and a dead letter.
+        [ $((i % 3)) != 0 ] || produce --channel "chat:kafka0" --raw "not a command $i"
+        sleep 1
+    done
+) >"$tmp/kafka-produce.log" 2>&1 &
 pids+=("$!")
 
 step "every dashboard panel returns data from Prometheus"
@@ -163,4 +248,10 @@ step "schemathesis: docs/openapi.yaml against the live Herald"
     --generation-database none --no-color) || { show_logs; exit 1; }
 
 kill -0 "$hpid" 2>/dev/null || { echo "herald died during the checks"; show_logs; exit 1; }
+
+step "fake APNs and FCM: every push request Herald made was well-formed"
+kill -TERM "$fpid" 2>/dev/null || true
+wait "$fpid" 2>/dev/null || true
+grep -E '^push_fakes: ' "$tmp/push.log" || { echo "push_fakes printed no summary"; show_logs; exit 1; }
+grep -qE '; 0 violations$' "$tmp/push.log" || { grep 'violation' "$tmp/push.log"; exit 1; }
 step "all operations checks passed"
