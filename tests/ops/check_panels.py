@@ -10,7 +10,7 @@ NaN, as a histogram quantile over no observations gives). Queries are retried un
 Also checks that Prometheus loaded the alerting rules (deploy/prometheus/alerts.yml)
 and that every rule evaluates without error.
 
-Usage: python check_panels.py --prometheus http://127.0.0.1:PORT [--rate-interval 10s]
+Usage: python check_panels.py --prometheus http://127.0.0.1:PORT [--rate-interval 10s] [--nodes N]
 """
 
 import argparse
@@ -94,6 +94,8 @@ def main():
     p.add_argument("--prometheus", required=True)
     p.add_argument("--rate-interval", default="10s")
     p.add_argument("--timeout", type=float, default=90)
+    p.add_argument("--nodes", type=int, default=1,
+                   help="how many Herald nodes Prometheus scrapes; waits for all of them")
     args = p.parse_args()
     base = args.prometheus.rstrip("/")
 
@@ -101,11 +103,12 @@ def main():
     deadline = time.monotonic() + args.timeout
     while True:
         nodes = node_values(base, dashes[0][1])
-        if nodes or time.monotonic() > deadline:
+        if len(nodes) >= args.nodes or time.monotonic() > deadline:
             break
         time.sleep(1)
-    if not nodes:
-        print("FAILED: the node variable has no values (is Prometheus scraping Herald?)")
+    if len(nodes) < args.nodes:
+        print(f"FAILED: the node variable has {nodes}, expected {args.nodes} nodes "
+              "(is Prometheus scraping every Herald?)")
         return 1
     print(f"node variable: {nodes}")
 

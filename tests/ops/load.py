@@ -14,8 +14,13 @@
   examples/push_fakes.rs) answer with "unregistered" (removed, registered again) or
   503 (retried until given up).
 
+With several nodes (one --ws and one --api for each, in the same order) the readers,
+API calls and pushes are spread over them, so rooms have members on every node and a
+user is disconnected through another node's API; the slow client stays on the first.
+
 Usage: python load.py --ws ws://127.0.0.1:PORT/connection/websocket
-                      --api http://127.0.0.1:PORT --key KEY --secret SECRET [--duration 120]
+                      --api http://127.0.0.1:PORT [--ws ... --api ...]
+                      --key KEY --secret SECRET [--duration 120]
 Traffic goes only to the given (loopback) addresses and stops after --duration seconds.
 """
 
@@ -67,8 +72,12 @@ def api_call(base, method, body, key):
         return status, None
 
 
-async def api(args, method, body, key=None):
-    return await asyncio.to_thread(api_call, args.api, method, body, key or args.key)
+def pick(urls, node):
+    return urls[node % len(urls)]
+
+
+async def api(args, method, body, key=None, node=0):
+    return await asyncio.to_thread(api_call, pick(args.api, node), method, body, key or args.key)
 
 
 class Session:
@@ -99,8 +108,8 @@ class Session:
                     stats["pubs_received"] += 1
 
 
-async def open_session(args, user, **kw):
-    ws = await connect(args.ws, open_timeout=10, **kw)
+async def open_session(args, user, node=0, **kw):
+    ws = await connect(pick(args.ws, node), open_timeout=10, **kw)
     s = Session(ws)
     r = await s.reply(connect={"token": token(user, args.secret), "name": "ops-load"})
     if "error" in r:
@@ -112,7 +121,7 @@ async def reader(args, n, stop):
     room = f"room{n % ROOMS}"
     while not stop.is_set():
         try:
-            s = await open_session(args, f"u{n}")
+            s = await open_session(args, f"u{n}", node=n)
             await s.reply(subscribe={"channel": room, "recoverable": True})
             task = asyncio.create_task(s.read_forever())
             for i in itertools.count():
@@ -136,17 +145,18 @@ async def backend(args, stop):
     for i in itertools.count():
         if stop.is_set():
             return
-        await api(args, "publish", {"channel": f"room{i % ROOMS}", "data": {"api": i}})
+        await api(args, "publish", {"channel": f"room{i % ROOMS}", "data": {"api": i}}, node=i)
         if i % 10 == 0:
-            await api(args, "broadcast", {"channels": ["room0", "room1"], "data": {"b": i}})
-            await api(args, "info", {})
-            await api(args, "presence_stats", {"channel": "room0"})
-            await api(args, "history", {"channel": "room1", "limit": 10})
-            await api(args, "channels", {"pattern": "room*"})
-            await api(args, "publish", {"data": {}})  # method error: channel required
-            await api(args, "publish", b"not json")  # 400
-            await api(args, "info", {}, key="wrong-key")  # 401
-            await asyncio.to_thread(api_call, args.api, "no_such_method", {}, args.key)  # 404
+            n = i // 10  # every node in turn gets the rarer calls
+            await api(args, "broadcast", {"channels": ["room0", "room1"], "data": {"b": i}}, node=n)
+            await api(args, "info", {}, node=n)
+            await api(args, "presence_stats", {"channel": "room0"}, node=n)
+            await api(args, "history", {"channel": "room1", "limit": 10}, node=n)
+            await api(args, "channels", {"pattern": "room*"}, node=n)
+            await api(args, "publish", {"data": {}}, node=n)  # method error: channel required
+            await api(args, "publish", b"not json", node=n)  # 400
+            await api(args, "info", {}, key="wrong-key", node=n)  # 401
+            await asyncio.to_thread(api_call, pick(args.api, n), "no_such_method", {}, args.key)  # 404
         await asyncio.sleep(0.1)
 
 
@@ -176,11 +186,14 @@ async def slow_client(args, stop):
 
 
 async def kicked_user(args, stop):
-    """Connects as `kick` and is disconnected through the server API (3503)."""
-    while not stop.is_set():
+    """Connects as `kick` and is disconnected through the server API (3503), of the
+    other node when there are two."""
+    for r in itertools.count():
+        if stop.is_set():
+            return
         try:
-            s = await open_session(args, "kick")
-            await api(args, "disconnect", {"user": "kick"})
+            s = await open_session(args, "kick", node=r)
+            await api(args, "disconnect", {"user": "kick"}, node=r + 1)
             try:
                 await asyncio.wait_for(s.read_forever(), timeout=10)
             except ConnectionClosed as e:
@@ -208,18 +221,19 @@ async def chat_and_push(args, stop):
         if i % 10 == 0:  # dead tokens were removed by then: register them again
             for platform, tok in DEVICES:
                 await api(args, "device_register", {"user": "phone", "platform": platform, "token": tok})
-        await api(args, "publish", {"channel": "chat:ops", "data": {"text": f"hi {i}"}})
+        await api(args, "publish", {"channel": "chat:ops", "data": {"text": f"hi {i}"}}, node=i)
         if i % 5 == 0:
             await api(args, "send_push_notification", {
                 "recipient": {"filter": {"users": ["phone"]}},
-                "notification": {"title": "ops", "body": f"direct {i}"}})
+                "notification": {"title": "ops", "body": f"direct {i}"}}, node=i // 5)
         await asyncio.sleep(0.5)
 
 
 async def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--ws", required=True)
-    p.add_argument("--api", required=True)
+    # One --ws and --api per node, in the same order; the load is spread over them.
+    p.add_argument("--ws", required=True, action="append")
+    p.add_argument("--api", required=True, action="append")
     p.add_argument("--key", required=True)
     p.add_argument("--secret", required=True)
     p.add_argument("--duration", type=float, default=120)

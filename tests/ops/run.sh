@@ -8,22 +8,24 @@
 # 2. promtool check rules / test rules / check config on deploy/prometheus/;
 # 3. docker-compose.yml: `docker-compose config` and check_compose.py;
 # 4. starts, on free 127.0.0.1 ports, a redis-server, an in-process Kafka (librdkafka's
-#    mock cluster, `kafka_demo broker`), the fake APNs and FCM (`push_fakes`), HERALD_BINARY
-#    in cluster mode using all three (Redis broker and presence, Kafka ingest with a
-#    dead-letter topic and egress, push), and a real Prometheus (1 s scrapes, alerts.yml
-#    loaded); runs load.py (WebSocket clients, server API, chat with offline members,
-#    pushes) and a Kafka producer against it; check_panels.py then queries every panel
-#    of every dashboard through Prometheus: each must return data; every rule evaluates;
-# 5. promtool check metrics on Herald's /metrics after the load;
+#    mock cluster, `kafka_demo broker`), the fake APNs and FCM (`push_fakes`), two nodes
+#    of HERALD_BINARY in cluster mode using all three (Redis broker and presence, one
+#    Kafka consumer group with a dead-letter topic, egress, push; a shared store
+#    directory, as on one host in docs/CLUSTER.md), and a real Prometheus (1 s scrapes of
+#    both, alerts.yml loaded); runs load.py (WebSocket clients, server API, chat with
+#    offline members, pushes; spread over both nodes, so rooms span them) and a Kafka
+#    producer; check_panels.py then queries every panel of every dashboard through
+#    Prometheus, for All and for each node on its own: each must return data; every
+#    rule evaluates;
+# 5. promtool check metrics on the first node's /metrics after the load;
 # 6. GET /api/openapi.json is docs/openapi.yaml; schemathesis runs the spec against the
-#    live Herald: no 5xx, every response as documented;
+#    first node: no 5xx, every response as documented;
 # 7. the fake providers saw no request that breaks Apple's or Google's rules.
 #
 # kafka_demo and push_fakes are examples of this crate, looked for next to the binary
 # (DIR/examples/ for DIR/herald; `cargo test` and `cargo build --examples` build them) or
 # in OPS_EXAMPLES_DIR. The run fails when one is missing: every panel is checked, none
-# is skipped. One Herald node runs (cross-node behaviour is tested by tests/cluster*.rs),
-# so each query is checked for All and for that node.
+# is skipped.
 #
 # Installs what it needs: Debian packages prometheus (promtool) and docker-compose
 # (used only to validate the file; no Docker engine is needed), and tests/ops/.venv
@@ -81,11 +83,13 @@ echo "docker-compose config: ok"
 tmp="$(mktemp -d -t herald-ops.XXXXXX)"
 pids=()
 cleanup() {
-    local pid
     local i
-    # Newest first: Herald stops before the Redis, Kafka and fakes it uses.
-    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill -TERM "${pids[i]}" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    # Newest first, each gone before the next: the load stops before Herald, and Herald
+    # before the Redis, Kafka and fakes it uses.
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+        kill -TERM "${pids[i]}" 2>/dev/null || true
+        wait "${pids[i]}" 2>/dev/null || true
+    done
     if [ "${OPS_KEEP:-}" = 1 ]; then echo "ops: kept $tmp"; else rm -rf "$tmp"; fi
 }
 trap cleanup EXIT
@@ -103,13 +107,14 @@ wait_http() { # URL WHAT PID LOG
 }
 show_logs() {
     local f
-    for f in herald load kafka-produce push kafka redis; do
+    for f in herald herald2 load kafka-produce push kafka redis; do
         [ -f "$tmp/$f.log" ] || continue
         echo "--- $f log (tail) ---"; tail -n 30 "$tmp/$f.log"
     done
 }
 
 hport="$(free_port)"
+hport2="$(free_port)"
 pport="$(free_port)"
 rport="$(free_port)"
 key="ops-key-$RANDOM$RANDOM"
@@ -160,22 +165,32 @@ while IFS= read -r line; do
     case "$line" in HERALD_PUSH__*=*) push_env+=("$line") ;; esac
 done <"$tmp/push.env"
 
-step "starting Herald in cluster mode on 127.0.0.1:$hport (Redis, Kafka ingest and egress, push)"
+# Two nodes of one cluster: they share the Redis, the Kafka consumer group and, as on one
+# host in docs/CLUSTER.md, the store directory (persisted namespaces and push.db).
 # A short queue and write timeout so the slow client of load.py is cut off quickly;
 # short push backoffs so that the fakes' 503 tokens exhaust their attempts in the run.
-env HERALD_HTTP__ADDR="127.0.0.1:$hport" HERALD_API__KEY="$key" HERALD_AUTH__HMAC_SECRET="$secret" \
-    HERALD_STORE__PATH="$tmp/store" HERALD_CLIENT__OUTBOUND_QUEUE_LEN=16 HERALD_CLIENT__WRITE_TIMEOUT=2s \
-    HERALD_BROKER__KIND=redis HERALD_BROKER__REDIS_URL="redis://127.0.0.1:$rport" \
-    HERALD_BROKER__REDIS_PREFIX="ops$RANDOM" \
-    HERALD_KAFKA__BROKERS="$kafka" HERALD_KAFKA__INGEST_ENABLED=true \
-    HERALD_KAFKA__TOPICS=herald.commands HERALD_KAFKA__DLQ_TOPIC=herald.dlq \
-    HERALD_KAFKA__EGRESS_ENABLED=true HERALD_KAFKA__EGRESS_TOPIC=herald.publications \
-    HERALD_PUSH__BACKOFF_MIN=100ms HERALD_PUSH__BACKOFF_MAX=300ms HERALD_PUSH__MAX_ATTEMPTS=3 \
-    "${push_env[@]}" RUST_LOG=warn \
-    "$bin" serve >"$tmp/herald.log" 2>&1 &
+start_herald() { # PORT NAME
+    env HERALD_HTTP__ADDR="127.0.0.1:$1" HERALD_API__KEY="$key" HERALD_AUTH__HMAC_SECRET="$secret" \
+        HERALD_STORE__PATH="$tmp/store" HERALD_CLIENT__OUTBOUND_QUEUE_LEN=16 HERALD_CLIENT__WRITE_TIMEOUT=2s \
+        HERALD_BROKER__KIND=redis HERALD_BROKER__REDIS_URL="redis://127.0.0.1:$rport" \
+        HERALD_KAFKA__BROKERS="$kafka" HERALD_KAFKA__INGEST_ENABLED=true \
+        HERALD_KAFKA__TOPICS=herald.commands HERALD_KAFKA__DLQ_TOPIC=herald.dlq \
+        HERALD_KAFKA__EGRESS_ENABLED=true HERALD_KAFKA__EGRESS_TOPIC=herald.publications \
+        HERALD_PUSH__BACKOFF_MIN=100ms HERALD_PUSH__BACKOFF_MAX=300ms HERALD_PUSH__MAX_ATTEMPTS=3 \
+        "${push_env[@]}" RUST_LOG=warn \
+        "$bin" serve >"$tmp/$2.log" 2>&1 &
+}
+step "starting two Herald nodes in cluster mode on 127.0.0.1:$hport and :$hport2 (Redis, Kafka ingest and egress, push)"
+# One after the other: two processes opening the same new SQLite store at once race on
+# its migrations ("database is locked").
+start_herald "$hport" herald
 hpid=$!
 pids+=("$hpid")
 wait_http "$base/health" herald "$hpid" "$tmp/herald.log"
+start_herald "$hport2" herald2
+hpid2=$!
+pids+=("$hpid2")
+wait_http "http://127.0.0.1:$hport2/health" herald2 "$hpid2" "$tmp/herald2.log"
 
 step "starting Prometheus on 127.0.0.1:$pport (scraping every second)"
 cat >"$tmp/prometheus.yml" <<EOF
@@ -188,7 +203,7 @@ rule_files:
 scrape_configs:
   - job_name: herald
     static_configs:
-      - targets: ["127.0.0.1:$hport"]
+      - targets: ["127.0.0.1:$hport", "127.0.0.1:$hport2"]
 EOF
 prometheus --config.file="$tmp/prometheus.yml" --storage.tsdb.path="$tmp/tsdb" \
     --web.listen-address="127.0.0.1:$pport" --log.level=warn >"$tmp/prometheus.log" 2>&1 &
@@ -198,6 +213,7 @@ wait_http "http://127.0.0.1:$pport/-/ready" prometheus "$ppid" "$tmp/prometheus.
 
 step "load: WebSocket clients, server API calls and pushes (load.py, at most 240 s)"
 "$py" -u "$here/load.py" --ws "ws://127.0.0.1:$hport/connection/websocket" --api "$base" \
+    --ws "ws://127.0.0.1:$hport2/connection/websocket" --api "http://127.0.0.1:$hport2" \
     --key "$key" --secret "$secret" --duration 240 >"$tmp/load.log" 2>&1 &
 pids+=("$!")
 
@@ -216,7 +232,7 @@ step "load: Kafka commands to herald.commands (valid ones, and some for the dead
 pids+=("$!")
 
 step "every dashboard panel returns data from Prometheus"
-"$py" "$here/check_panels.py" --prometheus "http://127.0.0.1:$pport" --rate-interval 10s --timeout 120 \
+"$py" "$here/check_panels.py" --prometheus "http://127.0.0.1:$pport" --rate-interval 10s --timeout 120 --nodes 2 \
     || { show_logs; exit 1; }
 grep -E 'slow client closed|load:' "$tmp/load.log" | tail -n 3
 
@@ -247,7 +263,9 @@ step "schemathesis: docs/openapi.yaml against the live Herald"
     --max-examples 100 --seed "${OPS_SCHEMATHESIS_SEED:-20261121}" \
     --generation-database none --no-color) || { show_logs; exit 1; }
 
-kill -0 "$hpid" 2>/dev/null || { echo "herald died during the checks"; show_logs; exit 1; }
+for p in "$hpid" "$hpid2"; do
+    kill -0 "$p" 2>/dev/null || { echo "a herald node died during the checks"; show_logs; exit 1; }
+done
 
 step "fake APNs and FCM: every push request Herald made was well-formed"
 kill -TERM "$fpid" 2>/dev/null || true
