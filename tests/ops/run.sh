@@ -16,7 +16,8 @@
 #    offline members, pushes; spread over both nodes, so rooms span them) and a Kafka
 #    producer; check_panels.py then queries every panel of every dashboard through
 #    Prometheus, for All and for each node on its own: each must return data; every
-#    rule evaluates;
+#    rule evaluates; check_activity.py checks the counts that prove each component
+#    worked (series at zero from start-up would let a panel pass on nothing);
 # 5. promtool check metrics on the first node's /metrics after the load;
 # 6. GET /api/openapi.json is docs/openapi.yaml; schemathesis runs the spec against the
 #    first node: no 5xx, every response as documented;
@@ -235,6 +236,10 @@ step "every dashboard panel returns data from Prometheus"
 "$py" "$here/check_panels.py" --prometheus "http://127.0.0.1:$pport" --rate-interval 10s --timeout 120 --nodes 2 \
     || { show_logs; exit 1; }
 grep -E 'slow client closed|load:' "$tmp/load.log" | tail -n 3
+
+step "the load went through Redis, the store, Kafka and push on every node"
+"$py" "$here/check_activity.py" --prometheus "http://127.0.0.1:$pport" --nodes 2 --timeout 60 \
+    || { show_logs; exit 1; }
 
 step "promtool check metrics on Herald's /metrics"
 curl -fsS "$base/metrics" >"$tmp/metrics.txt"
