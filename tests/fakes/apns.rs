@@ -291,6 +291,7 @@ impl State {
             payload,
             reply,
             at: Instant::now(),
+            conn: req.conn,
         });
         let id = [("apns-id", apns_id)];
         match reply {

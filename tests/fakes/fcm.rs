@@ -406,6 +406,7 @@ impl State {
             payload: message,
             reply,
             at: Instant::now(),
+            conn: req.conn,
         });
         match reply {
             Reply::Ok => {

@@ -43,6 +43,8 @@ pub struct Seen {
     pub payload: serde_json::Value,
     pub reply: Reply,
     pub at: Instant,
+    /// The connection it came on (`tls::Req::conn`).
+    pub conn: u64,
 }
 
 /// What both fakes keep: scripts, the default answer, the log.

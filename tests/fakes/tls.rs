@@ -23,11 +23,22 @@ use tokio_rustls::TlsAcceptor;
 
 /// A request as the fakes see it: head plus the whole body.
 pub struct Req {
+    /// The connection's number in accept order, process-wide (see [`connections_accepted`]).
+    pub conn: u64,
     pub method: hyper::Method,
     pub path: String,
     pub version: hyper::Version,
     pub headers: hyper::HeaderMap,
     pub body: Bytes,
+}
+
+static CONNECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Connections every fake in this process accepted so far. A test that kills a client
+/// process takes this as a watermark: requests on connections numbered above it came
+/// from a process started later, whatever the dead one still had in flight.
+pub fn connections_accepted() -> u64 {
+    CONNECTIONS.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 pub type Handler =
@@ -94,6 +105,7 @@ impl TestCa {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
+                let conn = CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
                 let (acceptor, handler) = (acceptor.clone(), handler.clone());
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
@@ -109,6 +121,7 @@ impl TestCa {
                                 .map(|b| b.to_bytes())
                                 .unwrap_or_default();
                             let req = Req {
+                                conn,
                                 method: head.method,
                                 path: head.uri.path().to_string(),
                                 version: head.version,
