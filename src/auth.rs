@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::config::AuthConfig;
+use crate::node::revocation::TokenMeta;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
@@ -39,6 +40,12 @@ struct ConnectClaims {
     b64info: Option<String>,
     #[serde(default)]
     channels: Vec<String>,
+    #[serde(default)]
+    jti: Option<String>,
+    /// Only subscription tokens carry it: a connection token with a `channel` claim is
+    /// a subscription token presented in the wrong place, and refused.
+    #[serde(default)]
+    channel: Option<String>,
 }
 
 /// Claims of a subscription token.
@@ -68,6 +75,8 @@ pub struct ConnectGrant {
     pub expires_at: Option<i64>,
     pub info: Bytes,
     pub channels: Vec<String>,
+    /// `jti`, `iat` and `exp`, for revocation checks.
+    pub token: TokenMeta,
 }
 
 /// What a verified subscription token grants.
@@ -170,11 +179,21 @@ impl Verifier {
     pub fn verify_connect(&self, token: &str) -> Result<ConnectGrant, TokenError> {
         let c: ConnectClaims = self.decode(token)?;
         check_iat(c.iat)?;
+        if c.channel.is_some() {
+            return Err(TokenError::Invalid(
+                "a subscription token (channel claim) cannot authenticate a connection".into(),
+            ));
+        }
         Ok(ConnectGrant {
             user: c.sub,
             expires_at: effective_expiry(c.exp, c.expire_at),
             info: info_bytes(c.info, c.b64info)?,
             channels: c.channels,
+            token: TokenMeta {
+                jti: c.jti.filter(|j| !j.is_empty()),
+                iat: c.iat,
+                exp: c.exp,
+            },
         })
     }
 
@@ -446,6 +465,18 @@ mod tests {
         assert!(v.verify_subscribe(&t, "alice", "secret:room").is_ok());
         assert!(v.verify_subscribe(&t, "bob", "secret:room").is_err());
         assert!(v.verify_subscribe(&t, "alice", "secret:other").is_err());
+    }
+
+    #[test]
+    fn subscription_token_cannot_connect() {
+        let t = token(
+            serde_json::json!({"sub":"alice","channel":"secret:room"}),
+            "secret",
+        );
+        assert!(matches!(
+            verifier("", "").verify_connect(&t),
+            Err(TokenError::Invalid(_))
+        ));
     }
 
     #[test]

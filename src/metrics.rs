@@ -54,6 +54,8 @@ pub const KAFKA_EGRESS_PRODUCED_TOTAL: &str = "herald_kafka_egress_produced_tota
 pub const KAFKA_EGRESS_FAILED_TOTAL: &str = "herald_kafka_egress_failed_total";
 pub const KAFKA_EGRESS_BUFFERED: &str = "herald_kafka_egress_buffered";
 pub const KAFKA_EGRESS_DROPPED_TOTAL: &str = "herald_kafka_egress_dropped_total";
+pub const TOKENS_REVOKED_TOTAL: &str = "herald_token_revocations_total";
+pub const JWKS_FETCHES_TOTAL: &str = "herald_jwks_fetches_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -126,6 +128,11 @@ fn describe() {
         "Deliveries refused because a connection's queue was full (it is then disconnected)."
     );
     describe_counter!(API_REQUESTS_TOTAL, "Server API calls by method and result.");
+    describe_counter!(
+        TOKENS_REVOKED_TOTAL,
+        "Token revocations applied on this node (revoke_token, invalidate_user_tokens)."
+    );
+    describe_counter!(JWKS_FETCHES_TOTAL, "JWKS fetches by result (ok, error).");
     describe_histogram!(
         API_REQUEST_SECONDS,
         Unit::Seconds,

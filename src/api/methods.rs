@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use super::conversations as conv;
 use super::push;
+use super::tokens;
 use crate::broker::{limit_from_protocol, HistoryFilter};
 use crate::node::cluster::{UserAction, UserCommand};
 use crate::node::conn::Disconnect;
@@ -76,6 +77,8 @@ pub const METHODS: &[&str] = &[
     "device_remove",
     "device_list",
     "send_push_notification",
+    "revoke_token",
+    "invalidate_user_tokens",
 ];
 
 fn parse<T: serde::de::DeserializeOwned>(params: &[u8]) -> Result<T, ApiError> {
@@ -130,6 +133,8 @@ pub async fn call(node: &Node, method: &str, params: &[u8]) -> Result<Value, Api
         "device_remove" => push::device_remove(node, parse(params)?).await,
         "device_list" => push::device_list(node, parse(params)?).await,
         "send_push_notification" => push::send_push_notification(node, parse(params)?).await,
+        "revoke_token" => tokens::revoke_token(node, parse(params)?).await,
+        "invalidate_user_tokens" => tokens::invalidate_user_tokens(node, parse(params)?).await,
         _ => Err(codes::ERROR_METHOD_NOT_FOUND.into()),
     }
 }

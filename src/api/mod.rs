@@ -4,6 +4,7 @@ pub mod conversations;
 pub mod methods;
 pub mod openapi;
 pub mod push;
+pub mod tokens;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -11,7 +11,7 @@
 //! - control channel: server API user commands (`disconnect`, `subscribe`,
 //!   `unsubscribe`, `refresh`) are applied by the node that received them and published
 //!   on `<prefix>:control`, where every other node applies them to the user's
-//!   connections it holds;
+//!   connections it holds; token revocations travel the same way;
 //! - reconciler: every `broker.reconcile_interval` each node copies into the store the
 //!   persisted publications Redis sequenced but no node confirmed storing
 //!   ([`Node::reconcile_once`]).
@@ -34,16 +34,20 @@ use tokio_util::sync::CancellationToken;
 use crate::config::BrokerConfig;
 use crate::metrics as m;
 use crate::node::cluster::{ClusterLink, UserCommand};
+use crate::node::revocation::Revocation;
 use crate::node::{Node, NodeError, NodeInfo};
 use pubsub::{PubSubHandler, Subscriber};
 use redis::{now_ms, Redis, RedisFailure};
 
-/// A control-channel message.
+/// A control-channel message: a user command or a token revocation.
 #[derive(Serialize, Deserialize)]
 struct ControlMessage {
     /// The sending node's uid: it applied the command itself already.
     from: String,
-    cmd: UserCommand,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cmd: Option<UserCommand>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    revoke: Option<Revocation>,
 }
 
 /// The node's view of the others, handed to the node as its [`ClusterLink`].
@@ -96,6 +100,21 @@ impl Link {
         Ok(live)
     }
 
+    /// Publishes a control message to every node (the sender skips its own).
+    async fn publish_control(&self, msg: ControlMessage) -> Result<(), NodeError> {
+        let json = serde_json::to_string(&msg).map_err(|e| NodeError::Cluster(e.to_string()))?;
+        let mut conn = self.redis.first().conn.clone();
+        let publish = ::redis::cmd("PUBLISH")
+            .arg(self.control_channel())
+            .arg(json)
+            .to_owned();
+        self.redis
+            .run("control", publish.query_async::<i64>(&mut conn))
+            .await
+            .map_err(cluster_error)?;
+        Ok(())
+    }
+
     /// Removes this node's registration (graceful shutdown).
     async fn deregister(&self) -> Result<(), RedisFailure> {
         let mut pipe = ::redis::pipe();
@@ -120,21 +139,21 @@ fn cluster_error(e: RedisFailure) -> NodeError {
 #[async_trait]
 impl ClusterLink for Link {
     async fn broadcast(&self, cmd: &UserCommand) -> Result<(), NodeError> {
-        let msg = ControlMessage {
+        self.publish_control(ControlMessage {
             from: self.uid.clone(),
-            cmd: cmd.clone(),
-        };
-        let json = serde_json::to_string(&msg).map_err(|e| NodeError::Cluster(e.to_string()))?;
-        let mut conn = self.redis.first().conn.clone();
-        let publish = ::redis::cmd("PUBLISH")
-            .arg(self.control_channel())
-            .arg(json)
-            .to_owned();
-        self.redis
-            .run("control", publish.query_async::<i64>(&mut conn))
-            .await
-            .map_err(cluster_error)?;
-        Ok(())
+            cmd: Some(cmd.clone()),
+            revoke: None,
+        })
+        .await
+    }
+
+    async fn broadcast_revocation(&self, r: &Revocation) -> Result<(), NodeError> {
+        self.publish_control(ControlMessage {
+            from: self.uid.clone(),
+            cmd: None,
+            revoke: Some(r.clone()),
+        })
+        .await
     }
 
     async fn nodes(&self, me: NodeInfo) -> Result<Vec<NodeInfo>, NodeError> {
@@ -189,7 +208,12 @@ impl PubSubHandler for ControlHandler {
         match serde_json::from_slice::<ControlMessage>(payload) {
             Ok(msg) if msg.from == self.node.uid() => {}
             Ok(msg) => {
-                self.node.apply_user_command(&msg.cmd);
+                if let Some(cmd) = &msg.cmd {
+                    self.node.apply_user_command(cmd);
+                }
+                if let Some(r) = &msg.revoke {
+                    self.node.apply_revocation(r);
+                }
             }
             Err(e) => {
                 metrics::counter!(m::REDIS_ERRORS_TOTAL, "op" => "decode").increment(1);

@@ -47,6 +47,10 @@ impl Session {
                 codes::DISCONNECT_PERMISSION_DENIED.into(),
             ));
         }
+        if node.is_revoked(&grant.user, &grant.token) {
+            tracing::debug!(user = %grant.user, "revoked connection token rejected");
+            return Err(CmdError::Disconnect(codes::DISCONNECT_INVALID_TOKEN.into()));
+        }
         let client = uuid::Uuid::new_v4().to_string();
         let (handle, rx) = ConnHandle::new(
             node.next_seq(),
@@ -55,11 +59,20 @@ impl Session {
             self.format,
             cfg.client.outbound_queue_len,
         );
+        // Before the registration, so a revocation that finds the connection registered
+        // also finds its token.
+        handle.set_token(grant.token.clone());
         if !node.add_conn(handle.clone()).await {
             metrics::counter!(crate::metrics::CONNECTS_TOTAL, "result" => "limit").increment(1);
             return Err(CmdError::Disconnect(
                 codes::DISCONNECT_CONNECTION_LIMIT.into(),
             ));
+        }
+        // A revocation that landed between the first check and the registration did not
+        // see this connection: look again now that it would.
+        if node.is_revoked(&grant.user, &grant.token) {
+            node.remove_conn(&handle);
+            return Err(CmdError::Disconnect(codes::DISCONNECT_INVALID_TOKEN.into()));
         }
         metrics::counter!(crate::metrics::CONNECTS_TOTAL, "result" => "ok").increment(1);
         self.conn = Some(Connected {
@@ -123,9 +136,10 @@ impl Session {
                 return Err(CmdError::Disconnect(codes::DISCONNECT_INVALID_TOKEN.into()))
             }
         };
-        if grant.user != *conn.handle.user {
+        if grant.user != *conn.handle.user || self.st.node.is_revoked(&grant.user, &grant.token) {
             return Err(CmdError::Disconnect(codes::DISCONNECT_INVALID_TOKEN.into()));
         }
+        conn.handle.set_token(grant.token);
         conn.expires_at = grant.expires_at;
         if !grant.info.is_empty() {
             conn.conn_info = grant.info;

@@ -223,6 +223,12 @@ pub trait ClusterLink: Send + Sync + 'static {
     /// user. Returns once the command is on its way (like Centrifugo's API, it does not
     /// wait for the nodes to act).
     async fn broadcast(&self, cmd: &UserCommand) -> Result<(), NodeError>;
+    /// Sends a token revocation to every other node; each records it and disconnects
+    /// its connections that use a revoked token.
+    async fn broadcast_revocation(
+        &self,
+        r: &super::revocation::Revocation,
+    ) -> Result<(), NodeError>;
     /// Every live node, this one included (this one with live figures).
     async fn nodes(&self, me: NodeInfo) -> Result<Vec<NodeInfo>, NodeError>;
 }

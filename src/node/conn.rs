@@ -12,6 +12,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use super::revocation::TokenMeta;
 use crate::metrics as m;
 use crate::protocol::codes::{self, DisconnectCode};
 use crate::protocol::Format;
@@ -83,6 +84,9 @@ pub struct ConnHandle {
     /// Set once a disconnect was requested, so that a burst of full-queue events sends
     /// one disconnect and not thousands.
     closing: AtomicBool,
+    /// The token the connection authenticated with (changes on refresh), so that a
+    /// revocation can find the connections using it. Locked only to copy or replace.
+    token: parking_lot::Mutex<TokenMeta>,
 }
 
 pub struct ConnReceivers {
@@ -108,6 +112,7 @@ impl ConnHandle {
             queue: qtx,
             control: ctx,
             closing: AtomicBool::new(false),
+            token: parking_lot::Mutex::new(TokenMeta::default()),
         });
         (
             h,
@@ -138,5 +143,14 @@ impl ConnHandle {
 
     pub fn control(&self, c: Control) {
         let _ = self.control.send(c);
+    }
+
+    /// Records the token the connection (re)authenticated with.
+    pub fn set_token(&self, meta: TokenMeta) {
+        *self.token.lock() = meta;
+    }
+
+    pub fn token(&self) -> TokenMeta {
+        self.token.lock().clone()
     }
 }

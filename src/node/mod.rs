@@ -15,6 +15,7 @@ pub mod conn;
 pub mod locks;
 pub mod observer;
 pub mod registry;
+pub mod revocation;
 mod sequenced;
 
 use std::cell::OnceCell;
@@ -146,6 +147,8 @@ struct Shared {
     sub_locks: Option<locks::ChannelLocks>,
     /// Cluster mode: the other nodes; set once at start-up.
     cluster: OnceLock<Arc<dyn ClusterLink>>,
+    /// Revoked token ids and per-user "issued before" times.
+    revocations: revocation::Revocations,
     uid: String,
     name: String,
     started: Instant,
@@ -174,6 +177,7 @@ impl Node {
             spans_nodes,
             sub_locks: spans_nodes.then(locks::ChannelLocks::default),
             cluster: OnceLock::new(),
+            revocations: revocation::Revocations::default(),
             uid: uuid::Uuid::new_v4().to_string(),
             name,
             started: Instant::now(),

@@ -29,9 +29,15 @@ impl Api {
 
     /// `POST /api/{method}` with `body` and the given extra headers.
     pub async fn raw(&self, method: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> Answer {
+        self.raw_path(&format!("/api/{method}"), body, headers)
+            .await
+    }
+
+    /// `POST {path}` with `body` and the given extra headers.
+    pub async fn raw_path(&self, path: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> Answer {
         let mut req = self
             .http
-            .post(format!("{}/api/{method}", self.base))
+            .post(format!("{}{path}", self.base))
             .header("Content-Type", "application/json")
             .body(body);
         for (k, v) in headers {
