@@ -210,6 +210,23 @@ pub async fn run(
         Verifier::new(&config.auth, &config.auth.hmac_secret).map_err(anyhow::Error::msg)?,
     );
     let stop = CancellationToken::new();
+    if let Some(set) = verifier.jwks().cloned() {
+        let every = config.auth.jwks_refresh_interval;
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => match set.refresh().await {
+                        Ok(n) => tracing::info!(keys = n, "jwks loaded"),
+                        Err(e) => tracing::warn!(cause = %e, "jwks fetch failed; keeping the previous keys"),
+                    },
+                }
+            }
+        });
+    }
     let gateway_state = GatewayState {
         node: node.clone(),
         verifier,

@@ -368,6 +368,12 @@ pub struct AuthConfig {
     pub personal_namespace: String,
     #[serde(deserialize_with = "duration")]
     pub expired_close_delay: Duration,
+    /// HTTP(S) URL of a JWKS document; RSA and EC tokens with a `kid` use its keys.
+    pub jwks_url: String,
+    #[serde(deserialize_with = "duration")]
+    pub jwks_refresh_interval: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub jwks_min_refetch: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -604,6 +610,14 @@ impl Config {
                 "auth.personal_namespace",
                 format!("no namespace named {:?}", self.auth.personal_namespace),
             ));
+        }
+        let jwks = &self.auth.jwks_url;
+        let url_ok = jwks.starts_with("https://") || jwks.starts_with("http://");
+        if !jwks.is_empty() && !url_ok {
+            return Err(bad("auth.jwks_url", "expected an http:// or https:// URL"));
+        }
+        if self.auth.jwks_refresh_interval.is_zero() {
+            return Err(bad("auth.jwks_refresh_interval", "must be positive"));
         }
         for (key, pem) in [
             ("auth.rsa_public_key", &self.auth.rsa_public_key),

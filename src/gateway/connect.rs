@@ -32,8 +32,10 @@ impl Session {
             }
             ConnectGrant::default()
         } else {
+            self.st.verifier.prepare(&req.token).await;
             match self.st.verifier.verify_connect(&req.token) {
                 Ok(g) => g,
+                Err(TokenError::Unavailable) => return Err(codes::ERROR_INTERNAL.into()),
                 // The SDK fetches a fresh token and reconnects.
                 Err(TokenError::Expired) => return Err(codes::ERROR_TOKEN_EXPIRED.into()),
                 Err(TokenError::Invalid(why)) => {
@@ -127,8 +129,13 @@ impl Session {
         if req.token.is_empty() {
             return Err(codes::ERROR_BAD_REQUEST.into());
         }
+        verifier.prepare(&req.token).await;
         let grant = match verifier.verify_connect(&req.token) {
             Ok(g) => g,
+            // Keys unavailable for now: the SDK reconnects and refreshes again.
+            Err(TokenError::Unavailable) => {
+                return Err(CmdError::Disconnect(codes::DISCONNECT_SERVER_ERROR.into()))
+            }
             Err(TokenError::Expired) => {
                 return Err(CmdError::Disconnect(codes::DISCONNECT_EXPIRED.into()))
             }

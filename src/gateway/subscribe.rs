@@ -62,11 +62,13 @@ impl Session {
             ..Default::default()
         };
         if !req.token.is_empty() {
+            verifier.prepare(&req.token).await;
             match verifier.verify_subscribe(&req.token, &user, &req.channel) {
                 Ok(g) => {
                     params.chan_info = g.info;
                     params.expires_at = g.expires_at;
                 }
+                Err(TokenError::Unavailable) => return Err(codes::ERROR_INTERNAL.into()),
                 Err(TokenError::Expired) => return Err(codes::ERROR_TOKEN_EXPIRED.into()),
                 Err(TokenError::Invalid(why)) => {
                     tracing::debug!(cause = %why, channel = %req.channel, "subscription token rejected");
@@ -98,6 +100,7 @@ impl Session {
 
     pub(super) async fn on_sub_refresh(&mut self, req: SubRefreshRequest) -> CmdResult {
         let verifier = self.st.verifier.clone();
+        verifier.prepare(&req.token).await;
         let Some(conn) = self.conn.as_mut() else {
             return Err(CmdError::Disconnect(codes::DISCONNECT_BAD_REQUEST.into()));
         };
@@ -107,6 +110,7 @@ impl Session {
         };
         let grant = match verifier.verify_subscribe(&req.token, &user, &req.channel) {
             Ok(g) => g,
+            Err(TokenError::Unavailable) => return Err(codes::ERROR_INTERNAL.into()),
             Err(TokenError::Expired) => return Err(codes::ERROR_TOKEN_EXPIRED.into()),
             Err(TokenError::Invalid(_)) => return Err(codes::ERROR_PERMISSION_DENIED.into()),
         };

@@ -3,6 +3,10 @@
 //! The key family is picked from the token's `alg` header, and only keys that are
 //! configured for that family are tried: an RSA public key can never be used as an HMAC
 //! secret (algorithm confusion), and `alg: none` is not a known algorithm at all.
+//! With `auth.jwks_url`, RSA and EC tokens that carry a `kid` are verified with the
+//! JWKS key of that kid only ([`jwks`]).
+
+pub mod jwks;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -21,6 +25,10 @@ pub enum TokenError {
     Expired,
     #[error("invalid token: {0}")]
     Invalid(String),
+    /// The keys needed to check the token cannot be had now (JWKS never fetched): a
+    /// temporary failure, the client retries.
+    #[error("token keys unavailable")]
+    Unavailable,
 }
 
 /// Claims of a connection token.
@@ -98,6 +106,7 @@ pub struct Verifier {
     hmac: Option<DecodingKey>,
     rsa: Option<DecodingKey>,
     ecdsa: Option<DecodingKey>,
+    jwks: Option<std::sync::Arc<jwks::Jwks>>,
     audience: String,
     issuer: String,
 }
@@ -123,27 +132,70 @@ impl Verifier {
         };
         let hmac =
             (!hmac_secret.is_empty()).then(|| DecodingKey::from_secret(hmac_secret.as_bytes()));
+        let jwks = if cfg.jwks_url.is_empty() {
+            None
+        } else {
+            Some(std::sync::Arc::new(jwks::Jwks::new(
+                &cfg.jwks_url,
+                cfg.jwks_min_refetch,
+            )?))
+        };
         Ok(Verifier {
             hmac,
             rsa,
             ecdsa,
+            jwks,
             audience: cfg.audience.clone(),
             issuer: cfg.issuer.clone(),
         })
     }
 
+    /// The JWKS set, for the periodic refresh.
+    pub fn jwks(&self) -> Option<&std::sync::Arc<jwks::Jwks>> {
+        self.jwks.as_ref()
+    }
+
+    /// A token whose kid the JWKS cache lacks makes the cache refetch (rate limited)
+    /// before it is verified; call before `verify_*`.
+    pub async fn prepare(&self, token: &str) {
+        let Some(set) = &self.jwks else { return };
+        let Ok(header) = jsonwebtoken::decode_header(token) else {
+            return;
+        };
+        if let (Some(kid), true) = (&header.kid, is_public_key_alg(header.alg)) {
+            if !matches!(set.lookup(kid, header.alg), jwks::Lookup::Found(_)) {
+                set.refresh_for_unknown_kid(kid, header.alg).await;
+            }
+        }
+    }
+
     fn decode<T: serde::de::DeserializeOwned>(&self, token: &str) -> Result<T, TokenError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
-        let key = match header.alg {
-            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => self.hmac.as_ref(),
-            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => self.rsa.as_ref(),
-            Algorithm::ES256 | Algorithm::ES384 => self.ecdsa.as_ref(),
-            other => {
-                return Err(TokenError::Invalid(format!(
-                    "algorithm {other:?} not supported"
-                )))
+        let from_jwks;
+        let key = match (&self.jwks, &header.kid) {
+            (Some(set), Some(kid)) if is_public_key_alg(header.alg) => {
+                match set.lookup(kid, header.alg) {
+                    jwks::Lookup::Found(k) => {
+                        from_jwks = k;
+                        Some(&from_jwks)
+                    }
+                    jwks::Lookup::Unknown => {
+                        return Err(TokenError::Invalid(format!("unknown kid {kid:?}")))
+                    }
+                    jwks::Lookup::NotLoaded => return Err(TokenError::Unavailable),
+                }
             }
+            _ => match header.alg {
+                Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => self.hmac.as_ref(),
+                Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => self.rsa.as_ref(),
+                Algorithm::ES256 | Algorithm::ES384 => self.ecdsa.as_ref(),
+                other => {
+                    return Err(TokenError::Invalid(format!(
+                        "algorithm {other:?} not supported"
+                    )))
+                }
+            },
         }
         .ok_or_else(|| TokenError::Invalid(format!("no key configured for {:?}", header.alg)))?;
         let mut v = Validation::new(header.alg);
@@ -219,6 +271,18 @@ impl Verifier {
             info: info_bytes(c.info, c.b64info)?,
         })
     }
+}
+
+/// RSA and EC algorithms: the ones a JWKS key can verify.
+fn is_public_key_alg(alg: Algorithm) -> bool {
+    matches!(
+        alg,
+        Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::ES256
+            | Algorithm::ES384
+    )
 }
 
 /// `expire_at` overrides `exp` for the connection's lifetime; 0 means "never".
@@ -322,6 +386,9 @@ mod tests {
             personal_channel: false,
             personal_namespace: String::new(),
             expired_close_delay: std::time::Duration::from_secs(1),
+            jwks_url: String::new(),
+            jwks_refresh_interval: std::time::Duration::from_secs(60),
+            jwks_min_refetch: std::time::Duration::from_secs(1),
         }
     }
 
