@@ -347,6 +347,11 @@ pub struct HttpConfig {
     #[serde(deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
     pub workers: usize,
+    /// Browser origins allowed to open a WebSocket (`*` = any; empty = same origin).
+    pub allowed_origins: Vec<String>,
+    /// PEM certificate chain and private key: TLS on the listener when both are set.
+    pub tls_cert: String,
+    pub tls_key: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -612,6 +617,12 @@ impl Config {
             ));
         }
         let jwks = &self.auth.jwks_url;
+        if self.http.tls_cert.is_empty() != self.http.tls_key.is_empty() {
+            return Err(bad(
+                "http.tls_cert",
+                "http.tls_cert and http.tls_key go together: set both or neither",
+            ));
+        }
         let url_ok = jwks.starts_with("https://") || jwks.starts_with("http://");
         if !jwks.is_empty() && !url_ok {
             return Err(bad("auth.jwks_url", "expected an http:// or https:// URL"));

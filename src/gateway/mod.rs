@@ -7,6 +7,7 @@
 mod commands;
 mod connect;
 pub mod meters;
+pub mod origin;
 mod push_rpc;
 mod ratelimit;
 mod rpc;
@@ -72,6 +73,10 @@ pub async fn endpoint(
 ) -> Result<HttpResponse, actix_web::Error> {
     if state.shutdown.is_cancelled() {
         return Ok(HttpResponse::ServiceUnavailable().finish());
+    }
+    if !origin::allowed(&req, &state.node.config().http.allowed_origins) {
+        tracing::debug!(origin = ?req.headers().get("origin"), "websocket origin refused");
+        return Ok(HttpResponse::Forbidden().body("origin not allowed"));
     }
     let (format, subprotocol) = negotiate(&req);
     let (mut response, ws, stream) = actix_ws::handle(&req, body)?;
