@@ -262,7 +262,18 @@ pub async fn run(
     if config.http.workers > 0 {
         server = server.workers(config.http.workers);
     }
-    let server = server.listen(listener)?.run();
+    let http = &config.http;
+    let server = if http.tls_cert.is_empty() {
+        server.listen(listener)?
+    } else {
+        let store = crate::tls::CertStore::open(&http.tls_cert, &http.tls_key)
+            .map_err(anyhow::Error::msg)?;
+        crate::tls::reload_on_sighup(store.clone())?;
+        let tls = store.server_config().map_err(anyhow::Error::msg)?;
+        tracing::info!(cert = %http.tls_cert, "tls on the listener");
+        server.listen_rustls_0_23(listener, tls)?
+    }
+    .run();
     let handle = server.handle();
     let mut server_task = tokio::spawn(server);
     tracing::info!(%addr, "herald listening");

@@ -25,7 +25,8 @@
 //! - [`kafka`]: Kafka ingest (records -> server API commands) and egress (publications -> topic).
 //! - [`push`]: device registry, APNs/FCM senders, durable queue + dispatcher, offline fallback.
 //! - [`api`]: server HTTP API, health, readiness, metrics endpoint.
-//! - [`auth`]: JWT verification and API keys.
+//! - [`auth`]: JWT verification (HMAC, RSA, EC, JWKS) and API keys.
+//! - [`tls`]: optional TLS on the listener, certificate reload on SIGHUP.
 //! - [`config`]: typed configuration with compiled-in defaults.
 //! - [`metrics`]: every metric name.
 //! - [`app`]: wires it all together; `run(config, listener, shutdown)`.
@@ -44,3 +45,4 @@ pub mod presence;
 pub mod protocol;
 pub mod push;
 pub mod store;
+pub mod tls;
