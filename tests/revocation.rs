@@ -1,6 +1,7 @@
 //! Token revocation (server API `revoke_token`, `invalidate_user_tokens`): what is
 //! refused, what is left alone, when deny-list entries expire, and that a revocation
-//! sent to one node of a cluster reaches connections on the others.
+//! sent to one node of a cluster reaches connections on the others and nodes that join
+//! later.
 
 mod common;
 
@@ -148,6 +149,16 @@ async fn revocations_reach_every_node_of_a_cluster() {
     refused(&b, &token("erin", "e1", now), 3500).await;
     refused(&b, &token("frank", "f2", now - 100), 3500).await;
     Client::connect(b.addr, Wire::Json, &token("frank", "f3", now))
+        .await
+        .0
+        .roundtrip()
+        .await;
+
+    // A node that joins later loads the revocations still in force from Redis.
+    let c = Server::start_config(CLUSTER_TOML, &[("HERALD_BROKER__REDIS_URL", &url)]);
+    refused(&c, &token("erin", "e1", now), 3500).await;
+    refused(&c, &token("frank", "f4", now - 100), 3500).await;
+    Client::connect(c.addr, Wire::Json, &token("erin", "e2", now))
         .await
         .0
         .roundtrip()

@@ -11,7 +11,8 @@
 //! - control channel: server API user commands (`disconnect`, `subscribe`,
 //!   `unsubscribe`, `refresh`) are applied by the node that received them and published
 //!   on `<prefix>:control`, where every other node applies them to the user's
-//!   connections it holds; token revocations travel the same way;
+//!   connections it holds; token revocations travel the same way and are also kept in
+//!   a zset scored by expiry, which a starting node loads;
 //! - reconciler: every `broker.reconcile_interval` each node copies into the store the
 //!   persisted publications Redis sequenced but no node confirmed storing
 //!   ([`Node::reconcile_once`]).
@@ -66,6 +67,44 @@ impl Link {
     }
     fn control_channel(&self) -> String {
         format!("{}:control", self.redis.prefix)
+    }
+    /// Token revocations: a zset of revocation JSON scored by expiry (unix seconds,
+    /// `+inf` for none), so a node that starts later loads the ones still in force.
+    fn revocations_key(&self) -> String {
+        format!("{}:revocations", self.redis.prefix)
+    }
+
+    /// Loads every revocation still in force into the node (start, and after the control
+    /// connection was interrupted); drops expired ones from Redis on the way.
+    async fn load_revocations(&self, node: &Node) -> Result<usize, RedisFailure> {
+        let key = self.revocations_key();
+        let now = crate::auth::now_unix();
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("ZREMRANGEBYSCORE")
+            .arg(&key)
+            .arg("-inf")
+            .arg(now)
+            .ignore()
+            .cmd("ZRANGE")
+            .arg(&key)
+            .arg(0)
+            .arg(-1);
+        let mut conn = self.redis.first().conn.clone();
+        let (items,): (Vec<String>,) = self
+            .redis
+            .run("control", pipe.query_async(&mut conn))
+            .await?;
+        let mut n = 0;
+        for item in items {
+            match serde_json::from_str::<Revocation>(&item) {
+                Ok(r) => {
+                    node.apply_revocation(&r);
+                    n += 1;
+                }
+                Err(e) => tracing::warn!(cause = %e, "undecodable revocation in redis ignored"),
+            }
+        }
+        Ok(n)
     }
 
     /// Writes this node's registration; returns how many nodes are live.
@@ -148,6 +187,21 @@ impl ClusterLink for Link {
     }
 
     async fn broadcast_revocation(&self, r: &Revocation) -> Result<(), NodeError> {
+        let json = serde_json::to_string(r).map_err(|e| NodeError::Cluster(e.to_string()))?;
+        let expire_at = match r {
+            Revocation::Token { expire_at, .. } | Revocation::User { expire_at, .. } => *expire_at,
+        };
+        let score = expire_at.map_or_else(|| "+inf".to_string(), |t| t.to_string());
+        let mut conn = self.redis.first().conn.clone();
+        let add = ::redis::cmd("ZADD")
+            .arg(self.revocations_key())
+            .arg(score)
+            .arg(json)
+            .to_owned();
+        self.redis
+            .run("control", add.query_async::<i64>(&mut conn))
+            .await
+            .map_err(cluster_error)?;
         self.publish_control(ControlMessage {
             from: self.uid.clone(),
             cmd: None,
@@ -201,6 +255,7 @@ impl ClusterLink for Link {
 /// Applies commands from other nodes to this node's connections.
 struct ControlHandler {
     node: Node,
+    link: Arc<Link>,
 }
 
 impl PubSubHandler for ControlHandler {
@@ -226,6 +281,15 @@ impl PubSubHandler for ControlHandler {
         // Commands other nodes sent while this connection was down (and Redis was
         // up) did not reach this node; their senders got no error.
         tracing::warn!("control channel interrupted: user commands sent meanwhile may not have reached this node");
+        // Revocations are kept in Redis: read them again so none sent meanwhile is missed.
+        let (node, link) = (self.node.clone(), self.link.clone());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = link.load_revocations(&node).await {
+                    tracing::warn!(cause = %e, "revocations not reloaded after the interruption");
+                }
+            });
+        }
     }
 }
 
@@ -256,9 +320,15 @@ impl Cluster {
             redis.first().client.clone(),
             redis.timeout,
             "control",
-            Arc::new(ControlHandler { node: node.clone() }),
+            Arc::new(ControlHandler {
+                node: node.clone(),
+                link: link.clone(),
+            }),
         );
         control.subscribe(&link.control_channel()).await?;
+        // After subscribing: a revocation sent from now on arrives on the channel, and
+        // every earlier one still in force is in Redis.
+        let revoked = link.load_revocations(&node).await?;
         let live = link.heartbeat(&node.info()).await?;
         metrics::gauge!(m::CLUSTER_NODES).set(live as f64);
         node.set_cluster(link.clone());
@@ -273,6 +343,7 @@ impl Cluster {
         tracing::info!(
             redis = %redis.shards().iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(","),
             live,
+            revoked,
             "joined the cluster"
         );
         Ok(Cluster {

@@ -9,8 +9,8 @@
 //! and that has no `expire_at` is kept until the process ends.
 //!
 //! The list lives in this process. In cluster mode every node applies each revocation
-//! (it travels on the control channel), but a node that starts later does not learn
-//! earlier ones (docs/SECURITY.md, "Limitations").
+//! (it travels on the control channel) and `crate::cluster` also keeps it in Redis,
+//! where a node that starts later finds it (docs/SECURITY.md, "Revocation").
 
 use std::collections::HashMap;
 
