@@ -482,6 +482,41 @@ async fn client_commands_matrix() {
     .await;
     assert_eq!(erin.expect_close().await.code, 3500);
     m.cell("invalidated user tokens", "refresh", "close 3500");
+    let old_sub = tokens::sign(
+        &json!({"sub": "frank", "channel": "secret:f", "iat": common::now() - 60,
+                "exp": common::now() + 600}),
+        SECRET,
+    );
+    let (mut frank, _) = Client::connect(addr, Wire::Json, &tokens::connect("frank")).await;
+    frank.ok(cmd::subscribe_token("secret:f", &old_sub)).await;
+    api.ok(
+        "invalidate_user_tokens",
+        json!({"user": "frank", "channel": "secret:f", "issued_before": common::now() - 30}),
+    )
+    .await;
+    let p = common::within(
+        "unsubscribe",
+        frank.push_where("unsubscribe", |p| p.unsubscribe.is_some()),
+    )
+    .await;
+    assert_eq!(p.unsubscribe.map(|u| u.code), Some(2000));
+    m.cell(
+        "invalidated sub tokens",
+        "live subscription",
+        "unsubscribe 2000",
+    );
+    let e = frank.err(cmd::subscribe_token("secret:f", &old_sub)).await;
+    assert_eq!(e.code, 103);
+    m.cell("invalidated sub tokens", "subscribe", "error 103");
+    frank
+        .ok(cmd::subscribe_token(
+            "secret:f",
+            &tokens::subscribe("frank", "secret:f", 600),
+        ))
+        .await;
+    let e = frank.err(cmd::sub_refresh("secret:f", &old_sub)).await;
+    assert_eq!(e.code, 103);
+    m.cell("invalidated sub tokens", "sub_refresh", "error 103");
     w = assert_untouched(&env, w).await;
 
     // 6. Anonymous (allowed on another server) gets nothing of a conversation's or a

@@ -59,10 +59,10 @@ async fn revoke_token_hits_only_that_token_until_its_entry_expires() {
     let r = api
         .call(
             "invalidate_user_tokens",
-            json!({"user": "alice", "channel": "news"}),
+            json!({"user": "alice", "channel": "nope:x"}),
         )
         .await;
-    assert_eq!(r["error"]["code"], 107, "{r}");
+    assert_eq!(r["error"]["code"], 102, "{r}");
     let r = api.call("invalidate_user_tokens", json!({})).await;
     assert_eq!(r["error"]["code"], 107, "{r}");
 }
@@ -107,6 +107,71 @@ async fn invalidate_user_tokens_spares_newer_tokens_and_other_users() {
     let (mut fresh, _) =
         Client::connect(srv.addr, Wire::Json, &token("carol", "c5", common::now())).await;
     fresh.roundtrip().await;
+}
+
+fn sub_token(user: &str, channel: &str, iat: i64) -> String {
+    tokens::sign(
+        &json!({"sub": user, "channel": channel, "iat": iat, "exp": common::now() + 600}),
+        SECRET,
+    )
+}
+
+#[tokio::test]
+async fn invalidate_user_tokens_with_a_channel_ends_subscriptions_made_with_older_tokens() {
+    let srv = Server::start();
+    let api = srv.api();
+    let now = common::now();
+    let (mut alice, _) = Client::connect(srv.addr, Wire::Json, &tokens::connect("alice")).await;
+    let (a_old, b_old) = (
+        sub_token("alice", "secret:a", now - 100),
+        sub_token("alice", "secret:b", now - 100),
+    );
+    alice.ok(cmd::subscribe_token("secret:a", &a_old)).await;
+    alice.ok(cmd::subscribe_token("secret:b", &b_old)).await;
+    api.ok(
+        "invalidate_user_tokens",
+        json!({"user": "alice", "channel": "secret:a", "issued_before": now - 50}),
+    )
+    .await;
+    let p = common::within(
+        "unsubscribe push",
+        alice.push_where("unsubscribe", |p| p.unsubscribe.is_some()),
+    )
+    .await;
+    assert_eq!(p.channel, "secret:a");
+    assert_eq!(p.unsubscribe.expect("unsubscribe").code, 2000);
+    // The connection and the other subscription stay.
+    api.publish("secret:b", json!({"n": 1})).await;
+    assert_eq!(
+        common::client::data_json(&alice.next_pub("secret:b").await),
+        json!({"n": 1})
+    );
+    // The old token is refused on subscribe (103); a newer one works, and sub_refresh
+    // with an old token is refused too.
+    assert_eq!(
+        alice
+            .err(cmd::subscribe_token("secret:a", &a_old))
+            .await
+            .code,
+        103
+    );
+    alice
+        .ok(cmd::subscribe_token(
+            "secret:a",
+            &sub_token("alice", "secret:a", now - 10),
+        ))
+        .await;
+    assert_eq!(
+        alice
+            .err(cmd::sub_refresh(
+                "secret:a",
+                &sub_token("alice", "secret:a", now - 60)
+            ))
+            .await
+            .code,
+        103
+    );
+    alice.roundtrip().await;
 }
 
 const CLUSTER_TOML: &str = r#"

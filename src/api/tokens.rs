@@ -28,8 +28,8 @@ pub struct InvalidateUserTokensReq {
     issued_before: Option<i64>,
     #[serde(default)]
     expire_at: Option<i64>,
-    /// Centrifugo can limit this to the subscription tokens of one channel; Herald
-    /// cannot yet, and says so rather than invalidating more or less than asked.
+    /// With a channel: the user's subscription tokens for that channel, instead of
+    /// the connection tokens.
     #[serde(default)]
     channel: Option<String>,
 }
@@ -56,7 +56,7 @@ pub async fn revoke_token(node: &Node, r: RevokeTokenReq) -> Result<Value, ApiEr
     Ok(json!({}))
 }
 
-/// `invalidate_user_tokens`: `{user, issued_before?, expire_at?}` -> `{}`.
+/// `invalidate_user_tokens`: `{user, issued_before?, expire_at?, channel?}` -> `{}`.
 pub async fn invalidate_user_tokens(
     node: &Node,
     r: InvalidateUserTokensReq,
@@ -64,10 +64,9 @@ pub async fn invalidate_user_tokens(
     if r.user.is_empty() {
         return Err(ApiError::bad_request("user required"));
     }
-    if r.channel.as_deref().is_some_and(|c| !c.is_empty()) {
-        return Err(ApiError::bad_request(
-            "channel is not supported: only connection tokens can be invalidated",
-        ));
+    let channel = r.channel.filter(|c| !c.is_empty());
+    if let Some(c) = &channel {
+        node.options(c)?;
     }
     let issued_before = match r.issued_before {
         None | Some(0) => now_unix(),
@@ -80,6 +79,7 @@ pub async fn invalidate_user_tokens(
         user: r.user,
         issued_before,
         expire_at: expiry(r.expire_at)?,
+        channel,
     };
     node.revoke(rev).await?;
     Ok(json!({}))

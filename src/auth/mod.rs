@@ -92,6 +92,8 @@ pub struct ConnectGrant {
 pub struct SubscribeGrant {
     pub expires_at: Option<i64>,
     pub info: Bytes,
+    /// `iat`, for `invalidate_user_tokens` with a channel.
+    pub iat: Option<i64>,
 }
 
 pub fn now_unix() -> i64 {
@@ -269,6 +271,7 @@ impl Verifier {
         Ok(SubscribeGrant {
             expires_at: effective_expiry(c.exp, c.expire_at),
             info: info_bytes(c.info, c.b64info)?,
+            iat: c.iat,
         })
     }
 }

@@ -34,6 +34,9 @@ pub(super) struct SubState {
     pub expires_at: Option<i64>,
     pub presence: bool,
     pub join_leave: bool,
+    /// Made with a subscription token: its `iat` (`Some(None)` without one), for
+    /// `invalidate_user_tokens` with a channel.
+    pub token_iat: Option<Option<i64>>,
 }
 
 /// State that exists once the connect command succeeded.
@@ -340,6 +343,21 @@ impl Session {
                 return Some(codes::DISCONNECT_EXPIRED.into())
             }
             Control::Refresh { expire_at, .. } => self.on_server_refresh(expire_at),
+            Control::RevokeSubTokens {
+                channel,
+                issued_before,
+            } => {
+                let revoked = self
+                    .conn
+                    .as_ref()
+                    .and_then(|c| c.subs.get(&channel))
+                    .and_then(|s| s.token_iat)
+                    .is_some_and(|iat| iat.unwrap_or(0) < issued_before);
+                if revoked {
+                    self.server_unsubscribe(&channel, codes::UNSUBSCRIBE_SERVER, "token revoked")
+                        .await;
+                }
+            }
             Control::Recover { channel } => {
                 // Only a subscription that tracks offsets can recover what was missed.
                 let tracked = self

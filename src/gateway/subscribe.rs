@@ -33,6 +33,7 @@ struct Params {
     join_leave: bool,
     chan_info: Bytes,
     expires_at: Option<i64>,
+    token_iat: Option<Option<i64>>,
 }
 
 impl Session {
@@ -64,9 +65,14 @@ impl Session {
         if !req.token.is_empty() {
             verifier.prepare(&req.token).await;
             match verifier.verify_subscribe(&req.token, &user, &req.channel) {
+                Ok(g) if node.is_sub_revoked(&user, &req.channel, g.iat) => {
+                    tracing::debug!(channel = %req.channel, "revoked subscription token rejected");
+                    return Err(codes::ERROR_PERMISSION_DENIED.into());
+                }
                 Ok(g) => {
                     params.chan_info = g.info;
                     params.expires_at = g.expires_at;
+                    params.token_iat = Some(g.iat);
                 }
                 Err(TokenError::Unavailable) => return Err(codes::ERROR_INTERNAL.into()),
                 Err(TokenError::Expired) => return Err(codes::ERROR_TOKEN_EXPIRED.into()),
@@ -109,12 +115,16 @@ impl Session {
             return Err(codes::ERROR_PERMISSION_DENIED.into());
         };
         let grant = match verifier.verify_subscribe(&req.token, &user, &req.channel) {
+            Ok(g) if self.st.node.is_sub_revoked(&user, &req.channel, g.iat) => {
+                return Err(codes::ERROR_PERMISSION_DENIED.into())
+            }
             Ok(g) => g,
             Err(TokenError::Unavailable) => return Err(codes::ERROR_INTERNAL.into()),
             Err(TokenError::Expired) => return Err(codes::ERROR_TOKEN_EXPIRED.into()),
             Err(TokenError::Invalid(_)) => return Err(codes::ERROR_PERMISSION_DENIED.into()),
         };
         sub.expires_at = grant.expires_at;
+        sub.token_iat = Some(grant.iat);
         let (expires, ttl) = ttl_of(grant.expires_at);
         Ok(Reply {
             sub_refresh: Some(SubRefreshResult { expires, ttl }),
@@ -295,6 +305,7 @@ impl Session {
                     expires_at: p.expires_at,
                     presence: opts.presence,
                     join_leave: opts.join_leave,
+                    token_iat: p.token_iat,
                 },
             );
         }

@@ -90,7 +90,7 @@ impl UserAction {
                 reason: reason.clone(),
                 whitelist: Vec::new(),
             },
-            Control::Recover { .. } => return None,
+            Control::Recover { .. } | Control::RevokeSubTokens { .. } => return None,
         })
     }
 }

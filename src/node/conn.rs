@@ -70,6 +70,12 @@ pub enum Control {
     Recover {
         channel: String,
     },
+    /// Subscription tokens for `channel` issued before this time were revoked: a
+    /// subscription made with one ends (unsubscribe 2000).
+    RevokeSubTokens {
+        channel: String,
+        issued_before: i64,
+    },
 }
 
 pub struct ConnHandle {

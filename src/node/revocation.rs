@@ -38,12 +38,15 @@ pub enum Revocation {
         expire_at: Option<i64>,
     },
     /// Every token of `user` issued (`iat`) before `issued_before`; a token without `iat`
-    /// counts as issued at 0.
+    /// counts as issued at 0. With `channel`: the user's subscription tokens for that
+    /// channel instead of the connection tokens.
     User {
         user: String,
         issued_before: i64,
         #[serde(default)]
         expire_at: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        channel: Option<String>,
     },
 }
 
@@ -55,8 +58,10 @@ impl Revocation {
             Revocation::User {
                 user: u,
                 issued_before,
+                channel: None,
                 ..
             } => u == user && token.iat.unwrap_or(0) < *issued_before,
+            Revocation::User { .. } => false,
         }
     }
 }
@@ -73,8 +78,8 @@ fn live(expiry: Expiry, now: i64) -> bool {
 #[derive(Default)]
 pub struct Revocations {
     tokens: Mutex<HashMap<String, Expiry>>,
-    /// user -> (issued_before, expiry)
-    users: Mutex<HashMap<String, (i64, Expiry)>>,
+    /// (user, channel) -> (issued_before, expiry); channel "" for connection tokens.
+    users: Mutex<HashMap<(String, String), (i64, Expiry)>>,
 }
 
 impl Revocations {
@@ -93,16 +98,17 @@ impl Revocations {
                 user,
                 issued_before,
                 expire_at,
+                channel,
             } => {
                 let mut u = self.users.lock();
                 u.retain(|_, (_, e)| live(*e, now));
                 if !live(*expire_at, now) {
                     return;
                 }
-                // Never move the bar back: an older, stricter revocation stays.
-                let entry = u
-                    .entry(user.clone())
-                    .or_insert((*issued_before, *expire_at));
+                // Never move the bar back: a call with an earlier time does not lift a
+                // stricter (later) one.
+                let key = (user.clone(), channel.clone().unwrap_or_default());
+                let entry = u.entry(key).or_insert((*issued_before, *expire_at));
                 if *issued_before >= entry.0 {
                     *entry = (*issued_before, *expire_at);
                 }
@@ -126,12 +132,21 @@ impl Revocations {
                 t.remove(jti);
             }
         }
+        self.issued_too_early(user, "", token.iat, now)
+    }
+
+    /// Whether `user`'s subscription token for `channel`, issued at `iat`, is revoked.
+    pub fn is_sub_revoked(&self, user: &str, channel: &str, iat: Option<i64>) -> bool {
+        !channel.is_empty() && self.issued_too_early(user, channel, iat, now_unix())
+    }
+
+    fn issued_too_early(&self, user: &str, channel: &str, iat: Option<i64>, now: i64) -> bool {
         if user.is_empty() {
             return false;
         }
         let u = self.users.lock();
-        match u.get(user) {
-            Some((before, expiry)) if live(*expiry, now) => token.iat.unwrap_or(0) < *before,
+        match u.get(&(user.to_string(), channel.to_string())) {
+            Some((before, expiry)) if live(*expiry, now) => iat.unwrap_or(0) < *before,
             _ => false,
         }
     }
@@ -149,6 +164,11 @@ impl super::Node {
         self.shared.revocations.is_revoked(user, token)
     }
 
+    /// Whether `user`'s subscription token for `channel` issued at `iat` is revoked.
+    pub fn is_sub_revoked(&self, user: &str, channel: &str, iat: Option<i64>) -> bool {
+        self.shared.revocations.is_sub_revoked(user, channel, iat)
+    }
+
     /// A server API revocation: recorded and applied here, then sent to every other
     /// node in cluster mode. Returns the connections disconnected on this node.
     pub async fn revoke(&self, r: Revocation) -> Result<usize, super::NodeError> {
@@ -164,6 +184,24 @@ impl super::Node {
     pub fn apply_revocation(&self, r: &Revocation) -> usize {
         let list = &self.shared.revocations;
         list.add(r);
+        if let Revocation::User {
+            user,
+            issued_before,
+            channel: Some(channel),
+            ..
+        } = r
+        {
+            // Subscription tokens: each session ends its subscription if the token it
+            // subscribed with is older.
+            for conn in self.shared.registry.user_conns(user) {
+                conn.control(super::conn::Control::RevokeSubTokens {
+                    channel: channel.clone(),
+                    issued_before: *issued_before,
+                });
+            }
+            metrics::counter!(crate::metrics::TOKENS_REVOKED_TOTAL).increment(1);
+            return 0;
+        }
         let conns = match r {
             Revocation::Token { .. } => self.shared.registry.all_conns(),
             Revocation::User { user, .. } => self.shared.registry.user_conns(user),
@@ -229,6 +267,7 @@ mod tests {
             user: "alice".into(),
             issued_before: now,
             expire_at: None,
+            channel: None,
         });
         assert!(r.is_revoked("alice", &meta(None, Some(now - 10), None)));
         assert!(r.is_revoked("alice", &meta(None, None, None)), "no iat");
@@ -240,8 +279,20 @@ mod tests {
             user: "alice".into(),
             issued_before: now - 100,
             expire_at: None,
+            channel: None,
         });
         assert!(r.is_revoked("alice", &meta(None, Some(now - 10), None)));
+        // Channel-scoped: subscription tokens of that channel only.
+        r.add(&Revocation::User {
+            user: "bob".into(),
+            issued_before: now,
+            expire_at: None,
+            channel: Some("news".into()),
+        });
+        assert!(r.is_sub_revoked("bob", "news", Some(now - 1)));
+        assert!(!r.is_sub_revoked("bob", "news", Some(now)));
+        assert!(!r.is_sub_revoked("bob", "other", Some(now - 1)));
+        assert!(!r.is_revoked("bob", &meta(None, Some(now - 1), None)));
     }
 
     #[test]
@@ -255,6 +306,7 @@ mod tests {
                 user: "u".into(),
                 issued_before: 7,
                 expire_at: None,
+                channel: Some("news".into()),
             },
         ] {
             let json = serde_json::to_string(&rev).unwrap();
