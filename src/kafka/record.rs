@@ -76,6 +76,13 @@ pub fn decode(
     derived_key: impl FnOnce() -> String,
 ) -> Result<Command, ApiError> {
     let value = value.ok_or_else(|| ApiError::bad_request("record has no value"))?;
+    // serde also reads a struct from a JSON array (`["publish", {...}]`); a command is
+    // an object, as Centrifugo reads it.
+    if !value.trim_ascii_start().starts_with(b"{") {
+        return Err(ApiError::bad_request(
+            "record value is not a command: expected a JSON object",
+        ));
+    }
     let env: Envelope = serde_json::from_slice(value)
         .map_err(|e| ApiError::bad_request(format!("record value is not a command: {e}")))?;
     if env.method.is_empty() {
@@ -254,6 +261,11 @@ mod tests {
             (None, 107, "no value"),
             (Some(&b"not json"[..]), 107, "not a command"),
             (Some(&b"[1,2]"[..]), 107, "not a command"),
+            (
+                Some(&br#"["publish",{"channel":"c"}]"#[..]),
+                107,
+                "JSON object",
+            ),
             (Some(&br#"{"payload":{}}"#[..]), 107, "no method"),
             (Some(&br#"{"method":"nope","payload":{}}"#[..]), 104, "nope"),
             (
