@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 seconds="${1:-60}"; shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(json_commands protobuf_commands jwt config)
+[ ${#targets[@]} -gt 0 ] || targets=(json_commands protobuf_commands jwt config api_bodies kafka_records)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
 # The bundled SQLite trips ASan's ODR check (a known false positive with C globals).
