@@ -9,11 +9,13 @@
 //! - `connect`: a connection storm with JWT auth.
 //! - `history`: paging through long histories with the server API.
 //! - `report`: joins results into one table and one plot.
+//! - `chaos`: subscribers, publishers and the loss checker of scripts/chaos.sh.
 //!
 //! The clients run in worker processes (this binary again, as the hidden `worker`
 //! command) because one process may hold only so many file descriptors.
 
 mod broadcast;
+mod chaos;
 mod chat;
 mod client;
 mod connect;
@@ -56,6 +58,8 @@ enum Command {
     Connect(connect::ConnectArgs),
     /// Page through long channel histories, 50 at a time, with the server API.
     History(history::HistoryArgs),
+    /// Clients and loss checker of the chaos run (scripts/chaos.sh).
+    Chaos(chaos::ChaosArgs),
     /// Join JSON results into one Markdown table, one JSON array and one PNG plot.
     Report(report::ReportArgs),
     /// One worker process of a scenario (started by the coordinator).
@@ -102,6 +106,7 @@ async fn main() -> ExitCode {
         Command::Connect(args) => connect::run(args).await,
         Command::History(args) => history::run(args).await,
         Command::Report(args) => report::run(args),
+        Command::Chaos(args) => chaos::run(args).await,
         Command::Worker(w) => {
             let index = w.worker_index;
             let peer = match serde_json::from_str(&w.peer) {
