@@ -39,7 +39,7 @@ say() { printf '==> chaos: %s\n' "$*"; }
 
 if [ "${CHAOS_NO_BUILD:-}" != 1 ]; then
     say "building herald and herald-loadtest ($profile)"
-    cargo build "${build_flags[@]}" -p herald -p herald-loadtest --bin herald --bin herald-loadtest
+    cargo build --locked "${build_flags[@]}" -p herald -p herald-loadtest --bin herald --bin herald-loadtest
 fi
 herald="$target/$profile/herald"
 lt="$target/$profile/herald-loadtest"
@@ -93,7 +93,11 @@ workers = 1
 shutdown_timeout = "2s"
 
 [client]
-# Small, so a stalled client is disconnected as slow (3008) and must recover.
+# Short, so a stalled client (4-11 s) misses a pong and is disconnected (3012), and a
+# small queue, so one that falls behind is disconnected as slow (3008): either way it
+# must recover. (At these rates the socket buffers alone absorb an 11 s stall.)
+ping_interval = "3s"
+pong_timeout = "2s"
 outbound_queue_len = 64
 
 [broker]

@@ -58,6 +58,12 @@ step "operations: dashboards, alerts, /metrics, compose, OpenAPI (tests/ops)"
 cargo build --locked --example kafka_demo --example push_fakes
 tests/ops/run.sh "$herald"
 
+# Three nodes over Redis for 40 s of faults (kill -9 of nodes and Redis, SIGTERM, a
+# stalled client), then the loss checker: nothing acknowledged lost, no silent gap.
+# The longer run and its figures: docs/RELIABILITY.md.
+step "chaos run with the loss checker (scripts/chaos.sh 40)"
+CHAOS_FAULT_EVERY=5 scripts/chaos.sh 40
+
 # The release binary, built exactly as the Dockerfile builds it.
 step "release build (as in the Dockerfile)"
 cargo build --release --locked --bin herald
