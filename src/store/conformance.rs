@@ -56,6 +56,8 @@ pub async fn run_all<S: MessageStore + ConversationStore + Clone>(s: S) {
     retention_by_count(&s).await;
     members_and_read_markers(&s).await;
     user_data_removal(&s).await;
+    append_at_keeps_the_sequencers_offsets(&s, &rec).await;
+    append_at_retention_by_count(&s).await;
 }
 
 async fn sequential_offsets_and_ordered_delivery<S: MessageStore>(s: &S, rec: &Recorder) {
@@ -276,4 +278,145 @@ async fn user_data_removal<S: MessageStore + ConversationStore>(s: &S) {
     assert_eq!(&p[0].data[..], br#"{"deleted":true}"#);
     assert_eq!(p[0].offset, 1, "a tombstone keeps its offset");
     assert_eq!(&p[1].data[..], b"{\"i\":2}");
+}
+
+fn sequenced(offset: u64, text: &str, user: &str) -> Publication {
+    Publication {
+        data: Bytes::from(text.to_string()),
+        info: Some(ClientInfo {
+            user: user.into(),
+            ..Default::default()
+        }),
+        offset,
+        ..Default::default()
+    }
+}
+
+fn texts(v: &[Publication]) -> Vec<(u64, String)> {
+    v.iter()
+        .map(|p| (p.offset, String::from_utf8_lossy(&p.data).into_owned()))
+        .collect()
+}
+
+/// Cluster mode: writes at the offsets Redis assigned, in any order, repeated by the
+/// reconciler. The first write at an offset stays (a tombstone included), `top` only
+/// moves forward, nothing is delivered.
+async fn append_at_keeps_the_sequencers_offsets<S: MessageStore + ConversationStore>(
+    s: &S,
+    rec: &Recorder,
+) {
+    let ch = "chat:sequenced";
+    // The node seeds Redis from the store's position, so the epoch is the store's.
+    let only_top = HistoryFilter {
+        limit: Some(0),
+        ..Default::default()
+    };
+    let (_, seeded) = s.history(ch, only_top.clone()).await.unwrap();
+    let epoch = seeded.epoch.clone();
+    let r = Retention::default();
+    s.append_at(ch, &epoch, sequenced(2, "b", "u"), r)
+        .await
+        .unwrap();
+    // Offset 1 still in flight: a forward read from the start is told the position is
+    // gone only if the message right after it is missing.
+    let since = |o: u64| HistoryFilter {
+        since: Some(StreamPosition {
+            offset: o,
+            epoch: epoch.clone(),
+        }),
+        ..Default::default()
+    };
+    let (p, top) = s.history(ch, since(1)).await.unwrap();
+    assert_eq!((texts(&p), top.offset), (vec![(2, "b".into())], 2));
+    s.append_at(ch, &epoch, sequenced(1, "a", "u"), r)
+        .await
+        .unwrap();
+    s.append_at(ch, &epoch, sequenced(2, "other", "u"), r)
+        .await
+        .unwrap();
+    s.append_at(ch, &epoch, sequenced(4, "d", "zoe"), r)
+        .await
+        .unwrap();
+    // A hole (3, another node still writing it) is returned as is; recovery fills it
+    // from the broker's stream.
+    let (p, top) = s.history(ch, since(0)).await.unwrap();
+    assert_eq!(
+        (texts(&p), top.clone()),
+        (
+            vec![(1, "a".into()), (2, "b".into()), (4, "d".into())],
+            StreamPosition {
+                offset: 4,
+                epoch: epoch.clone()
+            }
+        )
+    );
+    s.append_at(ch, &epoch, sequenced(3, "c", "u"), r)
+        .await
+        .unwrap();
+    let (_, top) = s.history(ch, only_top.clone()).await.unwrap();
+    assert_eq!(top.offset, 4, "top never moves back");
+    // A reconciler re-writing a message after user_data_remove must not undo it.
+    assert_eq!(s.remove_user_data("zoe", true).await.unwrap(), 1);
+    s.append_at(ch, &epoch, sequenced(4, "d", "zoe"), r)
+        .await
+        .unwrap();
+    let (p, _) = s.history(ch, since(0)).await.unwrap();
+    assert_eq!(
+        texts(&p),
+        vec![
+            (1, "a".into()),
+            (2, "b".into()),
+            (3, "c".into()),
+            (4, r#"{"deleted":true}"#.into())
+        ]
+    );
+    assert!(
+        !rec.0.lock().iter().any(|(c, _)| c == ch),
+        "append_at delivers nothing (the broker did)"
+    );
+    // The row's author counts for the DM index as for appends.
+    let dm = "chat:dm#carol,dave";
+    let (_, dm_top) = s.history(dm, only_top).await.unwrap();
+    s.append_at(dm, &dm_top.epoch, sequenced(1, "hi", "carol"), r)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.dm_channels("dave", "chat:").await.unwrap(),
+        vec![dm.to_string()]
+    );
+    // A channel the store has never seen takes the sequencer's epoch.
+    s.append_at("fresh", "e-redis", sequenced(7, "x", "u"), r)
+        .await
+        .unwrap();
+    let (p, top) = s.history("fresh", HistoryFilter::default()).await.unwrap();
+    assert_eq!(
+        (texts(&p), top),
+        (
+            vec![(7, "x".into())],
+            StreamPosition {
+                offset: 7,
+                epoch: "e-redis".into()
+            }
+        )
+    );
+}
+
+/// `history_max_count` in cluster mode: the newest `max_count` offsets stay, and a late
+/// write below them (a reconciler) does not bring an old message back.
+async fn append_at_retention_by_count<S: MessageStore>(s: &S) {
+    let ch = "bounded-sequenced";
+    let r = Retention {
+        max_age: Duration::ZERO,
+        max_count: 3,
+    };
+    for o in [1, 2, 3, 5, 4, 6] {
+        s.append_at(ch, "e", sequenced(o, &o.to_string(), "u"), r)
+            .await
+            .unwrap();
+    }
+    s.append_at(ch, "e", sequenced(2, "2", "u"), r)
+        .await
+        .unwrap();
+    let (p, top) = s.history(ch, HistoryFilter::default()).await.unwrap();
+    assert_eq!((offsets(&p), top.offset), (vec![4, 5, 6], 6));
 }

@@ -17,7 +17,11 @@
 //!
 //! Retention: `history_max_age` is the rows' TTL (USING TTL on insert);
 //! `history_max_count` raises `low` in the same transaction and range-deletes below it.
+//!
+//! Cluster mode (Redis sequences): `append_at` in `cluster.rs` writes at the offsets it
+//! is given, with no sequencer task.
 
+mod cluster;
 mod layout;
 mod schema;
 mod statements;
@@ -37,7 +41,7 @@ use ::scylla::serialize::row::SerializeRow;
 use ::scylla::statement::batch::{Batch, BatchType};
 use ::scylla::statement::bound::BoundStatement;
 use ::scylla::statement::prepared::PreparedStatement;
-use ::scylla::value::Row;
+use ::scylla::value::{CqlValue, Row};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::future::try_join_all;
@@ -178,24 +182,57 @@ fn state_from_row(row: StateRow) -> Option<ChannelState> {
     })
 }
 
-/// Reads `[applied]` from a lightweight transaction's result (found by name: Scylla
-/// and Cassandra return different extra columns).
-fn lwt_applied(res: QueryResult) -> Result<bool, StoreError> {
+/// A lightweight transaction's answer: whether it applied, and the columns the server
+/// sent back with it (the row's current values when it did not apply). Found by name:
+/// ScyllaDB and Cassandra return different extra columns.
+struct LwtOutcome {
+    applied: bool,
+    columns: HashMap<String, CqlValue>,
+}
+
+impl LwtOutcome {
+    fn bigint(&self, name: &str) -> Option<i64> {
+        self.columns.get(name).and_then(CqlValue::as_bigint)
+    }
+
+    fn blob(&self, name: &str) -> Option<&[u8]> {
+        self.columns
+            .get(name)
+            .and_then(CqlValue::as_blob)
+            .map(Vec::as_slice)
+    }
+}
+
+fn lwt_outcome(res: QueryResult) -> Result<LwtOutcome, StoreError> {
     let rows = res
         .into_rows_result()
         .map_err(|e| unavailable("lightweight transaction result", e))?;
-    let idx = rows
+    let names: Vec<String> = rows
         .column_specs()
         .iter()
-        .position(|c| c.name() == "[applied]")
-        .unwrap_or(0);
+        .map(|c| c.name().to_string())
+        .collect();
     let row = rows
         .maybe_first_row::<Row>()
         .map_err(|e| unavailable("lightweight transaction result", e))?;
-    Ok(row
-        .and_then(|r| r.columns.into_iter().nth(idx).flatten())
-        .and_then(|v| v.as_boolean())
-        .unwrap_or(false))
+    let values = row.map(|r| r.columns).unwrap_or_default();
+    // `[applied]` comes first when the server does not name it.
+    let idx = names.iter().position(|n| n == "[applied]").unwrap_or(0);
+    let applied = values
+        .get(idx)
+        .and_then(Option::as_ref)
+        .and_then(CqlValue::as_boolean)
+        .unwrap_or(false);
+    let columns = names
+        .into_iter()
+        .zip(values)
+        .filter_map(|(n, v)| v.map(|v| (n, v)))
+        .collect();
+    Ok(LwtOutcome { applied, columns })
+}
+
+fn lwt_applied(res: QueryResult) -> Result<bool, StoreError> {
+    lwt_outcome(res).map(|o| o.applied)
 }
 
 fn decode(seq: i64, body: Bytes) -> Result<Publication, StoreError> {
@@ -232,6 +269,9 @@ struct Inner {
     /// channel -> its sequencer's queue. Senders send while holding this lock, so a
     /// sequencer that finds its queue empty under the lock can retire safely.
     sequencers: Mutex<HashMap<String, mpsc::UnboundedSender<Op>>>,
+    /// DM channels whose `dm_channels` rows `append_at` wrote (bounded; cleared when
+    /// full, which only costs a few idempotent rewrites).
+    dm_indexed: Mutex<HashSet<String>>,
 }
 
 /// The ScyllaDB store; cheap to clone (one shared session).
@@ -276,6 +316,7 @@ impl ScyllaStore {
                 idem_ttl: layout::ttl_secs(options.idempotency_window),
                 handler: RwLock::new(None),
                 sequencers: Mutex::new(HashMap::new()),
+                dm_indexed: Mutex::new(HashSet::new()),
             }),
         })
     }
@@ -565,6 +606,36 @@ impl Inner {
         .await?;
         Ok(1)
     }
+
+    /// Deletes the rows below a raised `low`. Readers already ignore them, so a failure
+    /// here only leaves garbage behind (logged).
+    async fn trim(&self, channel: &str, old_low: u64, new_low: u64) {
+        let inner = self;
+        let (whole, partial) = layout::trim(old_low, new_low);
+        let mut deletes = Vec::with_capacity(whole.len() + 1);
+        for b in whole {
+            deletes.push(bind(&inner.st.bucket_delete, (channel, to_i64(b))));
+        }
+        if let Some(b) = partial {
+            deletes.push(bind(
+                &inner.st.bucket_delete_below,
+                (channel, to_i64(b), to_i64(new_low)),
+            ));
+        }
+        let results: Vec<Result<(), StoreError>> = stream::iter(deletes)
+            .map(|b| async move {
+                match b {
+                    Ok(b) => inner.execute_bound(&b).await,
+                    Err(e) => Err(e),
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+            tracing::warn!(channel, cause = %e, "deleting messages below the retention bound failed");
+        }
+    }
 }
 
 /// What one append of a batch comes to.
@@ -832,7 +903,7 @@ impl Sequencer {
             let _ = reply.send(Ok(appended));
         }
         if low > state.low {
-            self.trim(state.low, low).await;
+            inner.trim(&channel, state.low, low).await;
         }
     }
 
@@ -891,44 +962,15 @@ impl Sequencer {
     }
 
     async fn remove_history(&mut self) -> Result<(), StoreError> {
+        // Reload: in cluster mode `append_at` moves `top` without this task knowing.
+        self.state = None;
         let state = self.state().await?;
         let new_low = state.top + 1;
         if new_low > state.low {
             self.cas(&state, state.top, new_low).await?;
-            self.trim(state.low, new_low).await;
+            self.inner.trim(&self.channel, state.low, new_low).await;
         }
         Ok(())
-    }
-
-    /// Deletes the rows below a raised `low`. Readers already ignore them, so a failure
-    /// here only leaves garbage behind (logged).
-    async fn trim(&self, old_low: u64, new_low: u64) {
-        let inner = &self.inner;
-        let channel = self.channel.as_str();
-        let (whole, partial) = layout::trim(old_low, new_low);
-        let mut deletes = Vec::with_capacity(whole.len() + 1);
-        for b in whole {
-            deletes.push(bind(&inner.st.bucket_delete, (channel, to_i64(b))));
-        }
-        if let Some(b) = partial {
-            deletes.push(bind(
-                &inner.st.bucket_delete_below,
-                (channel, to_i64(b), to_i64(new_low)),
-            ));
-        }
-        let results: Vec<Result<(), StoreError>> = stream::iter(deletes)
-            .map(|b| async move {
-                match b {
-                    Ok(b) => inner.execute_bound(&b).await,
-                    Err(e) => Err(e),
-                }
-            })
-            .buffer_unordered(CONCURRENCY)
-            .collect()
-            .await;
-        if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
-            tracing::warn!(channel, cause = %e, "deleting messages below the retention bound failed");
-        }
     }
 }
 
@@ -977,11 +1019,11 @@ impl MessageStore for ScyllaStore {
                     .inner
                     .read_range(channel, from, to, reverse, limit, contiguous)
                     .await?;
-                // Everything after `since` must still be there, or there is a gap.
-                if contiguous
-                    && (pubs.first().map(|p| p.offset) != Some(from)
-                        || !layout::is_contiguous_from(from, pubs.iter().map(|p| p.offset)))
-                {
+                // The message right after `since` must still be there, or retention
+                // removed it. A hole further on is a write still in flight in cluster
+                // mode (another node moved `top` past it); recovery fills it from the
+                // broker's stream, as with the SQLite store.
+                if contiguous && pubs.first().map(|p| p.offset) != Some(from) {
                     return Err(StoreError::UnrecoverablePosition);
                 }
                 Ok((pubs, top))
@@ -991,6 +1033,18 @@ impl MessageStore for ScyllaStore {
 
     async fn remove_history(&self, channel: &str) -> Result<(), StoreError> {
         self.request(channel, Op::RemoveHistory).await
+    }
+
+    async fn append_at(
+        &self,
+        channel: &str,
+        epoch: &str,
+        publication: Publication,
+        retention: Retention,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .append_at(channel, epoch, publication, retention)
+            .await
     }
 }
 
@@ -1292,8 +1346,10 @@ mod tests {
     #[tokio::test]
     async fn kassandra_wire_smoke() {
         use kassandra_tester::{kassandra::KassandraSession, KassandraTester};
-        /// Statements kassandra's parser rejects (valid CQL for ScyllaDB/Cassandra).
-        const KASSANDRA_CANNOT_PARSE: &[&str] = &["message_get", "message_tombstone"];
+        /// Statements kassandra's parser rejects (valid CQL for ScyllaDB/Cassandra):
+        /// `TTL(...)` in a selection, and `UPDATE ... USING TTL`.
+        const KASSANDRA_CANNOT_PARSE: &[&str] =
+            &["message_get", "message_tombstone", "message_replace"];
         let repl = "{'class': 'SimpleStrategy', 'replication_factor': 1}";
         let tester = KassandraTester::new(KassandraSession::new());
         tester

@@ -709,10 +709,15 @@ impl Writer {
                  ON CONFLICT(channel) DO UPDATE SET epoch = excluded.epoch, top = max(top, excluded.top)",
             )?
             .execute(params![req.channel, req.epoch, offset as i64])?;
+            // Counted from the channel's top, not this offset: a late write (the
+            // reconciler) below the kept range is removed again at once.
             let max_count = req.retention.max_count;
-            if max_count > 0 && offset > max_count {
-                tx.prepare_cached("DELETE FROM messages WHERE channel = ?1 AND offset <= ?2")?
-                    .execute(params![req.channel, (offset - max_count) as i64])?;
+            if max_count > 0 {
+                tx.prepare_cached(
+                    "DELETE FROM messages WHERE channel = ?1
+                     AND offset <= (SELECT top FROM channels WHERE channel = ?1) - ?2",
+                )?
+                .execute(params![req.channel, max_count.min(i64::MAX as u64) as i64])?;
             }
             tx.commit()
         })();

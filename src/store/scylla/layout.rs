@@ -75,8 +75,8 @@ pub enum Plan {
     /// The position asked for is gone (removed by retention or remove_history).
     Unrecoverable,
     /// Read `from..=to` (descending when `reverse`), at most `limit` messages. With
-    /// `contiguous`, the result must be exactly `from, from+1, ...`: anything else is a
-    /// gap and the position is unrecoverable.
+    /// `contiguous`, the result must start at `from`: otherwise retention removed what
+    /// follows the position, and it is unrecoverable.
     Range {
         from: u64,
         to: u64,
@@ -137,14 +137,6 @@ pub fn plan(low: u64, top: u64, since: Option<u64>, reverse: bool, limit: Option
             }
         }
     }
-}
-
-/// Whether `offsets` (ascending) are exactly `from, from+1, ...`.
-pub fn is_contiguous_from(from: u64, offsets: impl IntoIterator<Item = u64>) -> bool {
-    offsets
-        .into_iter()
-        .enumerate()
-        .all(|(i, o)| Some(o) == from.checked_add(i as u64))
 }
 
 /// Seconds for `USING TTL`: 0 (no expiry) for a zero duration, otherwise at least one
@@ -269,14 +261,6 @@ mod tests {
         assert_eq!(plan(1, 10, Some(1), true, None), Plan::Empty);
         assert_eq!(plan(1, 10, Some(0), true, None), Plan::Empty);
         assert_eq!(plan(8, 10, Some(5), true, None), Plan::Empty);
-    }
-
-    #[test]
-    fn contiguity() {
-        assert!(is_contiguous_from(4, [4, 5, 6]));
-        assert!(is_contiguous_from(4, []));
-        assert!(!is_contiguous_from(4, [5, 6]));
-        assert!(!is_contiguous_from(4, [4, 6]));
     }
 
     #[test]

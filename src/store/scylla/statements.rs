@@ -49,9 +49,16 @@ statements! {
     channel_get_serial: SerialRead = "SELECT epoch, top, low FROM {ks}.channels WHERE channel = ?";
     channel_create: Lwt = "INSERT INTO {ks}.channels (channel, epoch, top, low, created_ms) VALUES (?, ?, 0, 1, ?) IF NOT EXISTS";
     channel_commit: Lwt = "UPDATE {ks}.channels SET top = ?, low = ? WHERE channel = ? IF top = ?";
+    // Cluster mode (`append_at`): top and low only ever move up, whoever writes.
+    channel_advance: Lwt = "UPDATE {ks}.channels SET top = ?, low = ? WHERE channel = ? IF top < ? AND low <= ?";
+    channel_adopt_epoch: Lwt = "UPDATE {ks}.channels SET epoch = ? WHERE channel = ? IF epoch = ?";
 
     // ---- messages ----
     message_insert: Idempotent = "INSERT INTO {ks}.messages (channel, bucket, seq, time_ms, author, body) VALUES (?, ?, ?, ?, ?, ?) USING TTL ?";
+    // Cluster mode: a row already at the offset is kept (see scylla/cluster.rs), except
+    // an uncommitted leftover past top, replaced only if it is still what was read.
+    message_insert_new: Lwt = "INSERT INTO {ks}.messages (channel, bucket, seq, time_ms, author, body) VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS USING TTL ?";
+    message_replace: Lwt = "UPDATE {ks}.messages USING TTL ? SET time_ms = ?, author = ?, body = ? WHERE channel = ? AND bucket = ? AND seq = ? IF body = ?";
     message_get: Idempotent = "SELECT author, body, TTL(body) FROM {ks}.messages WHERE channel = ? AND bucket = ? AND seq = ?";
     page_asc: Idempotent = "SELECT seq, body FROM {ks}.messages WHERE channel = ? AND bucket = ? AND seq >= ? AND seq <= ? ORDER BY seq ASC LIMIT ?";
     page_desc: Idempotent = "SELECT seq, body FROM {ks}.messages WHERE channel = ? AND bucket = ? AND seq >= ? AND seq <= ? ORDER BY seq DESC LIMIT ?";
