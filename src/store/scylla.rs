@@ -1389,6 +1389,16 @@ mod tests {
                     prepared.len(),
                     statements::CQL.len() - KASSANDRA_CANNOT_PARSE.len()
                 );
+                // The cluster-mode (`append_at`) statements, lightweight transactions
+                // all: kassandra parses them (message_replace aside, listed above) but
+                // says nothing about their conditions.
+                for name in [
+                    "channel_advance",
+                    "channel_adopt_epoch",
+                    "message_insert_new",
+                ] {
+                    assert!(prepared.contains_key(name), "{name} did not prepare");
+                }
 
                 // Members: a logged batch of two prepared inserts, read back in pages.
                 let add = batch_of(
