@@ -26,6 +26,8 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v make >/dev/null 2>&1 || missing+=(make)
 command -v perl >/dev/null 2>&1 || missing+=(perl)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# redis-cli joins the throwaway Redis Cluster of the Redis Cluster tests.
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 if ! command -v cargo >/dev/null 2>&1; then

@@ -171,6 +171,8 @@ pub struct BrokerConfig {
     pub kind: String,
     /// Comma-separated Redis URLs; channels are spread over them by consistent hashing.
     pub redis_url: String,
+    /// The URLs are seeds of one Redis Cluster (hash slots, sharded pub/sub).
+    pub redis_cluster: bool,
     pub redis_prefix: String,
     #[serde(deserialize_with = "duration")]
     pub redis_timeout: Duration,
@@ -205,6 +207,13 @@ impl BrokerConfig {
             return Err(bad(
                 "broker.redis_prefix",
                 "must be non-empty, without spaces",
+            ));
+        }
+        if self.redis_cluster && self.redis_prefix.contains(['{', '}']) {
+            // A brace would change the hash tags that keep a channel in one slot.
+            return Err(bad(
+                "broker.redis_prefix",
+                "must not contain braces with broker.redis_cluster",
             ));
         }
         for (key, d) in [

@@ -34,6 +34,8 @@ use super::{
 };
 use crate::cluster::pubsub::{PubSubHandler, Subscriber};
 use crate::cluster::redis::{self as r, Redis, RedisFailure};
+use crate::cluster::slots;
+use crate::cluster::spubsub::{Endpoint, ShardedSubscriber};
 use crate::protocol::messages::{ClientInfo, Publication, StreamPosition};
 
 const PUBLISH_LUA: &str = include_str!("lua/publish.lua");
@@ -53,31 +55,80 @@ fn new_epoch() -> String {
     format!("{:08x}", rand::random::<u32>())
 }
 
-/// Key names of one cluster (one prefix).
+/// Key names of one cluster (one prefix); in Redis Cluster mode every key of a channel
+/// carries the channel's hash tag (`cluster::slots`), so the scripts touch one slot.
 #[derive(Clone)]
 struct Keys {
     prefix: String,
+    cluster: bool,
 }
 
 impl Keys {
+    fn part(&self, ch: &str) -> String {
+        if self.cluster {
+            slots::tagged(ch)
+        } else {
+            ch.to_string()
+        }
+    }
     fn meta(&self, ch: &str) -> String {
-        format!("{}:meta:{ch}", self.prefix)
+        format!("{}:meta:{}", self.prefix, self.part(ch))
     }
     fn stream(&self, ch: &str) -> String {
-        format!("{}:stream:{ch}", self.prefix)
+        format!("{}:stream:{}", self.prefix, self.part(ch))
     }
     fn pubsub(&self, ch: &str) -> String {
-        format!("{}:ch:{ch}", self.prefix)
+        format!("{}:ch:{}", self.prefix, self.part(ch))
     }
     fn pubsub_prefix(&self) -> String {
         format!("{}:ch:", self.prefix)
     }
     /// The channel's length first, so that no channel and key pair collides with another.
     fn idempotency(&self, ch: &str, key: &str) -> String {
-        format!("{}:idem:{}:{ch}:{key}", self.prefix, ch.len())
+        if self.cluster {
+            format!(
+                "{}:idem:{}:{}:{ch}:{key}",
+                self.prefix,
+                slots::tagged(ch),
+                ch.len()
+            )
+        } else {
+            format!("{}:idem:{}:{ch}:{key}", self.prefix, ch.len())
+        }
     }
-    fn unstored(&self) -> String {
+    /// One list per Redis; in cluster mode one per channel (a script touches one slot),
+    /// found by the reconciler with `SCAN`.
+    fn unstored(&self, ch: &str) -> String {
+        if self.cluster {
+            format!("{}:unstored:{}", self.prefix, slots::tagged(ch))
+        } else {
+            self.unstored_root()
+        }
+    }
+    fn unstored_root(&self) -> String {
         format!("{}:unstored", self.prefix)
+    }
+}
+
+/// The pub/sub connection of one Redis: plain `SUBSCRIBE`, or sharded `SSUBSCRIBE` on
+/// a Redis Cluster master.
+enum ChannelSubscriber {
+    Plain(Subscriber),
+    Sharded(ShardedSubscriber),
+}
+
+impl ChannelSubscriber {
+    async fn subscribe(&self, ch: &str) -> Result<(), RedisFailure> {
+        match self {
+            ChannelSubscriber::Plain(s) => s.subscribe(ch).await,
+            ChannelSubscriber::Sharded(s) => s.subscribe(ch).await,
+        }
+    }
+    async fn unsubscribe(&self, ch: &str) -> Result<(), RedisFailure> {
+        match self {
+            ChannelSubscriber::Plain(s) => s.unsubscribe(ch).await,
+            ChannelSubscriber::Sharded(s) => s.unsubscribe(ch).await,
+        }
     }
 }
 
@@ -85,7 +136,7 @@ pub struct RedisBroker {
     redis: Arc<Redis>,
     keys: Keys,
     /// One pub/sub connection per shard, same index.
-    subscribers: Vec<Subscriber>,
+    subscribers: Vec<ChannelSubscriber>,
     dispatch: Arc<Dispatch>,
     meta_ttl: Duration,
     publish_script: redis::Script,
@@ -99,21 +150,33 @@ impl RedisBroker {
     pub fn new(redis: Arc<Redis>, meta_ttl: Duration) -> RedisBroker {
         let keys = Keys {
             prefix: redis.prefix.clone(),
+            cluster: redis.is_cluster(),
         };
         let dispatch = Arc::new(Dispatch {
             handler: RwLock::new(None),
             pubsub_prefix: keys.pubsub_prefix(),
+            cluster: keys.cluster,
         });
         let subscribers = redis
             .shards()
             .iter()
             .map(|s| {
-                Subscriber::start(
-                    s.client.clone(),
-                    redis.timeout,
-                    "broker",
-                    dispatch.clone() as Arc<dyn PubSubHandler>,
-                )
+                let handler = dispatch.clone() as Arc<dyn PubSubHandler>;
+                match (keys.cluster, Endpoint::of(&s.client)) {
+                    (true, Some(ep)) => ChannelSubscriber::Sharded(ShardedSubscriber::start(
+                        ep,
+                        redis.timeout,
+                        "broker",
+                        handler,
+                    )),
+                    // Cluster masters are always host:port (Redis::connect checks).
+                    _ => ChannelSubscriber::Plain(Subscriber::start(
+                        s.client.clone(),
+                        redis.timeout,
+                        "broker",
+                        handler,
+                    )),
+                }
             })
             .collect();
         RedisBroker {
@@ -128,7 +191,7 @@ impl RedisBroker {
         }
     }
 
-    fn subscriber(&self, channel: &str) -> &Subscriber {
+    fn subscriber(&self, channel: &str) -> &ChannelSubscriber {
         let i = self.redis.shard_for(channel).index;
         &self.subscribers[i]
     }
@@ -144,12 +207,12 @@ impl RedisBroker {
             .key(
                 p.idempotency
                     .map(|(k, _)| self.keys.idempotency(ch, k))
-                    .unwrap_or_default(),
+                    .unwrap_or_else(|| self.keys.meta(ch)),
             )
             .key(if p.persisted {
-                self.keys.unstored()
+                self.keys.unstored(ch)
             } else {
-                String::new()
+                self.keys.meta(ch)
             })
             .arg(self.keys.pubsub(ch))
             .arg(encode_publication(p.publication))
@@ -167,7 +230,10 @@ impl RedisBroker {
                     .unwrap_or(1),
             )
             .arg(r::now_ms())
-            .arg(ch);
+            .arg(ch)
+            .arg(self.redis.publish_command())
+            .arg(if p.idempotency.is_some() { "1" } else { "0" })
+            .arg(if p.persisted { "1" } else { "0" });
         let v: redis::Value = self
             .redis
             .run("publish", inv.invoke_async(&mut conn))
@@ -316,7 +382,7 @@ impl Broker for RedisBroker {
             let mut msg = format!("p0::{}:", r::now_ms()).into_bytes();
             msg.extend_from_slice(&encode_publication(&publication));
             let mut conn = self.redis.shard_for(channel).conn.clone();
-            let cmd = redis::cmd("PUBLISH")
+            let cmd = redis::cmd(self.redis.publish_command())
                 .arg(self.keys.pubsub(channel))
                 .arg(msg)
                 .to_owned();
@@ -405,7 +471,7 @@ impl RedisBroker {
         let mut msg = vec![kind];
         msg.extend_from_slice(&info.encode_to_vec());
         let mut conn = self.redis.shard_for(channel).conn.clone();
-        let cmd = redis::cmd("PUBLISH")
+        let cmd = redis::cmd(self.redis.publish_command())
             .arg(self.keys.pubsub(channel))
             .arg(msg)
             .to_owned();
@@ -484,7 +550,7 @@ impl PersistedSequencer for RedisBroker {
     async fn mark_stored(&self, channel: &str, offset: u64) -> Result<(), BrokerError> {
         let mut conn = self.redis.shard_for(channel).conn.clone();
         let cmd = redis::cmd("ZREM")
-            .arg(self.keys.unstored())
+            .arg(self.keys.unstored(channel))
             .arg(format!("{offset}:{channel}"))
             .to_owned();
         self.redis
@@ -502,21 +568,74 @@ impl PersistedSequencer for RedisBroker {
         let cutoff = r::now_ms() - older_than.as_millis() as i64;
         let mut out = Vec::new();
         for shard in self.redis.shards() {
-            if out.len() >= max {
-                break;
-            }
             let mut conn = shard.conn.clone();
+            for list in self.unstored_lists(&mut conn).await? {
+                if out.len() >= max {
+                    return Ok(out);
+                }
+                self.unstored_of(&mut conn, &list, cutoff, max - out.len(), &mut out)
+                    .await?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl RedisBroker {
+    /// The unstored lists one Redis holds: the one list, or in cluster mode the
+    /// per-channel lists of this master (only channels with pending entries have one).
+    async fn unstored_lists(
+        &self,
+        conn: &mut redis::aio::ConnectionManager,
+    ) -> Result<Vec<String>, BrokerError> {
+        if !self.keys.cluster {
+            return Ok(vec![self.keys.unstored_root()]);
+        }
+        let pattern = format!("{}:*", self.keys.unstored_root());
+        let mut lists = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let cmd = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .to_owned();
+            let (next, keys): (u64, Vec<String>) = self
+                .redis
+                .run("reconcile", cmd.query_async(conn))
+                .await
+                .map_err(unavailable)?;
+            lists.extend(keys);
+            if next == 0 {
+                return Ok(lists);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Appends to `out` up to `max` entries of one unstored list older than `cutoff`.
+    async fn unstored_of(
+        &self,
+        conn: &mut redis::aio::ConnectionManager,
+        list: &str,
+        cutoff: i64,
+        max: usize,
+        out: &mut Vec<Unstored>,
+    ) -> Result<(), BrokerError> {
+        {
             let cmd = redis::cmd("ZRANGEBYSCORE")
-                .arg(self.keys.unstored())
+                .arg(list)
                 .arg("-inf")
                 .arg(cutoff)
                 .arg("LIMIT")
                 .arg(0)
-                .arg(max - out.len())
+                .arg(max)
                 .to_owned();
             let members: Vec<String> = self
                 .redis
-                .run("reconcile", cmd.query_async(&mut conn))
+                .run("reconcile", cmd.query_async(conn))
                 .await
                 .map_err(unavailable)?;
             for member in members {
@@ -534,7 +653,7 @@ impl PersistedSequencer for RedisBroker {
                     .arg(format!("0-{offset}"));
                 let (epoch, entries): (Option<String>, redis::Value) = self
                     .redis
-                    .run("reconcile", pipe.query_async(&mut conn))
+                    .run("reconcile", pipe.query_async(conn))
                     .await
                     .map_err(unavailable)?;
                 let publication = match r::array(&entries).map_err(unavailable)?.first() {
@@ -549,10 +668,12 @@ impl PersistedSequencer for RedisBroker {
                 });
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 
+#[cfg(test)]
+mod cluster_tests;
 mod dispatch;
 #[cfg(test)]
 mod tests;

@@ -2,9 +2,12 @@
 //! load balancer behave as one hub, besides the broker and presence backends.
 //!
 //! - [`redis`]: the Redis connections (one or several, channels spread by consistent
-//!   hashing), shared by the broker, presence and this module;
+//!   hashing, or the masters of a Redis Cluster), shared by the broker, presence and
+//!   this module;
+//! - [`slots`]: Redis Cluster hash slots and the hash-tagged key names;
 //! - [`pubsub`]: a pub/sub connection that resubscribes after a Redis restart and
-//!   reports what may have been missed;
+//!   reports what may have been missed; [`spubsub`] the same for sharded pub/sub
+//!   (`SSUBSCRIBE`) on a Redis Cluster master;
 //! - node registry: each node writes its [`NodeInfo`] to Redis every
 //!   `broker.node_heartbeat` with a TTL of `broker.node_ttl`; `info` lists every node
 //!   whose registration is live;
@@ -23,6 +26,8 @@
 
 pub mod pubsub;
 pub mod redis;
+pub mod slots;
+pub mod spubsub;
 pub mod testing;
 
 use std::sync::Arc;
@@ -60,10 +65,10 @@ struct Link {
 
 impl Link {
     fn nodes_key(&self) -> String {
-        format!("{}:nodes", self.redis.prefix)
+        self.redis.node_key("nodes")
     }
     fn node_key(&self, uid: &str) -> String {
-        format!("{}:node:{uid}", self.redis.prefix)
+        self.redis.node_key(&format!("node:{uid}"))
     }
     fn control_channel(&self) -> String {
         format!("{}:control", self.redis.prefix)

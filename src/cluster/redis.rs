@@ -3,7 +3,8 @@
 //!
 //! With several Redis URLs, channels (and users) are spread over them by jump consistent
 //! hashing of a stable hash of the name: adding a Redis at the end of the list moves
-//! only about 1/n of the channels. Node-level keys (the node registry, the control
+//! only about 1/n of the channels. With `broker.redis_cluster`, the shards are the masters of a
+//! Redis Cluster and a name goes to the master owning its hash slot (`super::slots`). Node-level keys (the node registry, the control
 //! channel, the reconciler's work list of each shard) live on their shard; the registry
 //! and control channel on the first.
 //!
@@ -20,6 +21,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::slots;
 use crate::config::BrokerConfig;
 use crate::metrics as m;
 
@@ -76,6 +78,9 @@ pub struct Shard {
 /// Every Redis of the cluster plus the settings all users of it share.
 pub struct Redis {
     shards: Vec<Shard>,
+    /// Redis Cluster mode: for each slot, the index of the shard (master) serving it,
+    /// as read at start.
+    slots: Option<Vec<u16>>,
     pub prefix: String,
     pub timeout: Duration,
     /// Stops the keepalive tasks when the last user of the connections goes away.
@@ -85,13 +90,23 @@ pub struct Redis {
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(1);
 
 impl Redis {
-    /// Connects to every configured Redis; fails if one cannot be reached, so a
+    /// Connects to every configured Redis (with `broker.redis_cluster`, to every master
+    /// of the cluster the URLs lead to); fails if one cannot be reached, so a
     /// misconfigured node stops at start instead of serving errors.
     pub async fn connect(cfg: &BrokerConfig) -> Result<Redis, RedisFailure> {
         let urls = parse_urls(&cfg.redis_url).map_err(RedisFailure::Reply)?;
-        let mut shards = Vec::with_capacity(urls.len());
-        for (index, url) in urls.iter().enumerate() {
-            let client = redis::Client::open(url.as_str())?;
+        let (clients, slots) = if cfg.redis_cluster {
+            let (clients, slots) = discover(&urls, cfg.redis_timeout).await?;
+            (clients, Some(slots))
+        } else {
+            let clients = urls
+                .iter()
+                .map(|u| Ok((redis::Client::open(u.as_str())?, redact(u))))
+                .collect::<Result<Vec<_>, RedisFailure>>()?;
+            (clients, None)
+        };
+        let mut shards = Vec::with_capacity(clients.len());
+        for (index, (client, name)) in clients.into_iter().enumerate() {
             // One quick retry: a command during an outage must fail within about
             // `redis_timeout`, not after the crate's default six attempts.
             let config = ConnectionManagerConfig::new()
@@ -109,7 +124,7 @@ impl Redis {
                 index,
                 client,
                 conn,
-                name: redact(url),
+                name,
             });
         }
         let stop = CancellationToken::new();
@@ -124,10 +139,51 @@ impl Redis {
         }
         Ok(Redis {
             shards,
+            slots,
             prefix: cfg.redis_prefix.clone(),
             timeout: cfg.redis_timeout,
             _keepalive: stop.drop_guard(),
         })
+    }
+
+    /// Redis Cluster mode: keys carry hash tags, pub/sub is sharded.
+    pub fn is_cluster(&self) -> bool {
+        self.slots.is_some()
+    }
+
+    /// The key of `what` (`meta`, `stream`, `ch`, `presence:data`, `conns`, ...) for a
+    /// channel or user: `<prefix>:<what>:<name>`, with the name as a hash tag in
+    /// cluster mode so that all keys of one name share a slot.
+    pub fn key(&self, what: &str, name: &str) -> String {
+        format!("{}:{what}:{}", self.prefix, self.name_part(name))
+    }
+
+    /// `name`, or its hash-tagged form in cluster mode.
+    pub fn name_part(&self, name: &str) -> String {
+        if self.is_cluster() {
+            slots::tagged(name)
+        } else {
+            name.to_string()
+        }
+    }
+
+    /// A node-level key (registry): `<prefix>:<what>`, in cluster mode
+    /// `{<prefix>}:<what>` so that all of them share the slot of [`Redis::first`].
+    pub fn node_key(&self, what: &str) -> String {
+        if self.is_cluster() {
+            format!("{{{}}}:{what}", self.prefix)
+        } else {
+            format!("{}:{what}", self.prefix)
+        }
+    }
+
+    /// The command that publishes to a channel's pub/sub channel.
+    pub fn publish_command(&self) -> &'static str {
+        if self.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
     }
 
     pub fn shards(&self) -> &[Shard] {
@@ -136,12 +192,21 @@ impl Redis {
 
     /// The Redis holding node-level keys (registry, control channel).
     pub fn first(&self) -> &Shard {
-        &self.shards[0]
+        match &self.slots {
+            Some(slots) => {
+                let slot = slots::key_slot(&self.node_key(""));
+                &self.shards[usize::from(slots[slot])]
+            }
+            None => &self.shards[0],
+        }
     }
 
     /// The Redis holding everything about `name` (a channel or a user).
     pub fn shard_for(&self, name: &str) -> &Shard {
-        &self.shards[shard_index(name, self.shards.len())]
+        match &self.slots {
+            Some(slots) => &self.shards[usize::from(slots[slots::name_slot(name)])],
+            None => &self.shards[shard_index(name, self.shards.len())],
+        }
     }
 
     /// Runs one Redis operation within the timeout, counting failures by `op`.
@@ -195,6 +260,55 @@ impl Redis {
     }
 }
 
+/// Asks the first reachable seed for the cluster's slots and returns a client per
+/// master (with the seed's credentials) and the master index of each slot.
+async fn discover(
+    seeds: &[String],
+    timeout: Duration,
+) -> Result<(Vec<(redis::Client, String)>, Vec<u16>), RedisFailure> {
+    let mut last = RedisFailure::Reply("no seed".into());
+    for seed in seeds {
+        let client = redis::Client::open(seed.as_str())?;
+        let info = client.get_connection_info().clone();
+        let redis::ConnectionAddr::Tcp(seed_host, _) = info.addr() else {
+            return Err(RedisFailure::Reply(format!(
+                "{}: broker.redis_cluster needs redis://host:port URLs",
+                redact(seed)
+            )));
+        };
+        let seed_host = seed_host.clone();
+        let reply = bounded(timeout, async {
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            redis::cmd("CLUSTER")
+                .arg("SLOTS")
+                .query_async::<redis::Value>(&mut conn)
+                .await
+        })
+        .await;
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(cause = %e, seed = %redact(seed), "redis cluster seed unusable");
+                last = e;
+                continue;
+            }
+        };
+        let (masters, slots) =
+            slots::parse_cluster_slots(&reply, &seed_host).map_err(RedisFailure::Reply)?;
+        let clients = masters
+            .iter()
+            .map(|m| {
+                let info = info
+                    .clone()
+                    .set_addr(redis::ConnectionAddr::Tcp(m.host.clone(), m.port));
+                Ok((redis::Client::open(info)?, format!("{}:{}", m.host, m.port)))
+            })
+            .collect::<Result<Vec<_>, RedisFailure>>()?;
+        return Ok((clients, slots));
+    }
+    Err(last)
+}
+
 /// Pings through the command connection so that a connection killed by a Redis restart
 /// is noticed (and replaced) without waiting for a real command to fail on it. The
 /// answer is also the shard's `herald_redis_up`: errors only count commands that were
@@ -231,7 +345,7 @@ async fn bounded<T>(
 }
 
 /// FNV-1a: a hash that is the same in every process and version, unlike std's.
-fn stable_hash(s: &str) -> u64 {
+pub fn stable_hash(s: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in s.as_bytes() {
         h ^= u64::from(*b);

@@ -25,6 +25,8 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     persistence: Persistence,
+    /// Redis Cluster node: its cluster bus port.
+    cluster_bus: Option<u16>,
     child: Option<Child>,
 }
 
@@ -39,6 +41,10 @@ impl RedisServer {
     /// Starts a server; panics (with what to do) if `redis-server` is not installed or
     /// does not come up.
     pub fn start_with(persistence: Persistence) -> RedisServer {
+        Self::start_node(persistence, false)
+    }
+
+    fn start_node(persistence: Persistence, cluster: bool) -> RedisServer {
         let dir = std::env::temp_dir().join(format!("herald-redis-{}", uuid::Uuid::new_v4()));
         if let Err(e) = std::fs::create_dir_all(&dir) {
             panic!("cannot create {}: {e}", dir.display());
@@ -49,6 +55,7 @@ impl RedisServer {
                 port: free_port(),
                 dir: dir.clone(),
                 persistence,
+                cluster_bus: cluster.then(free_port),
                 child: None,
             };
             if s.launch().is_ok() {
@@ -100,6 +107,12 @@ impl RedisServer {
             .arg(&self.dir)
             .arg("--logfile")
             .arg(self.dir.join("redis.log"));
+        if let Some(bus) = self.cluster_bus {
+            cmd.args(["--cluster-enabled", "yes", "--cluster-port"])
+                .arg(bus.to_string())
+                .arg("--cluster-config-file")
+                .arg(self.dir.join("nodes.conf"));
+        }
         match self.persistence {
             Persistence::None => cmd.args(["--appendonly", "no"]),
             Persistence::AofAlways => cmd.args(["--appendonly", "yes", "--appendfsync", "always"]),
@@ -143,6 +156,86 @@ impl Drop for RedisServer {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A throwaway Redis Cluster: `n` masters without replicas, every slot assigned, each
+/// its own [`RedisServer`] (stopped on drop).
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts `n` (at least 3, Redis's minimum) masters, joins them with
+    /// `redis-cli --cluster create` and waits until every node reports
+    /// `cluster_state:ok`.
+    pub fn start(n: usize) -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..n)
+            .map(|_| RedisServer::start_node(Persistence::None, true))
+            .collect();
+        let mut cmd = Command::new("redis-cli");
+        cmd.arg("--cluster").arg("create");
+        for s in &nodes {
+            cmd.arg(format!("127.0.0.1:{}", s.port));
+        }
+        let out = match cmd
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+        {
+            Ok(o) => o,
+            Err(e) => panic!("cannot run redis-cli (package redis-tools): {e}"),
+        };
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for s in &nodes {
+            while !cluster_ok(s.port) {
+                assert!(
+                    Instant::now() < deadline,
+                    "redis cluster node {} never reached cluster_state:ok",
+                    s.port
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        RedisCluster { nodes }
+    }
+
+    /// Every master's URL, comma-separated (any of them is a valid seed).
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(RedisServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// Whether the node on `port` answers `CLUSTER INFO` with `cluster_state:ok`.
+fn cluster_ok(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(b"CLUSTER INFO\r\n").is_err() {
+        return false;
+    }
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        if got.windows(13).any(|w| w == b"cluster_known") || got.len() > 3000 {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&got).contains("cluster_state:ok")
 }
 
 fn free_port() -> u16 {

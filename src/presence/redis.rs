@@ -105,8 +105,10 @@ impl RedisPresence {
 }
 
 impl Inner {
+    /// Hash-tagged by name in Redis Cluster mode, so a channel's three presence keys
+    /// share a slot (the read script and the atomic removal touch all three).
     fn key(&self, what: &str, name: &str) -> String {
-        format!("{}:{what}:{name}", self.redis.prefix)
+        self.redis.key(what, name)
     }
 
     fn expires_at(&self) -> i64 {
@@ -448,9 +450,14 @@ mod tests {
     use crate::cluster::testing::RedisServer;
 
     async fn connect(url: &str, prefix: &str, ttl: Duration) -> RedisPresence {
+        connect_with(url, prefix, ttl, false).await
+    }
+
+    async fn connect_with(url: &str, prefix: &str, ttl: Duration, cluster: bool) -> RedisPresence {
         let cfg = crate::config::BrokerConfig {
             kind: "redis".into(),
             redis_url: url.into(),
+            redis_cluster: cluster,
             redis_prefix: prefix.into(),
             redis_timeout: Duration::from_secs(2),
             history_meta_ttl: Duration::from_secs(60),
@@ -475,6 +482,13 @@ mod tests {
         let (a, b) = (RedisServer::start(), RedisServer::start());
         let urls = format!("{},{}", a.url(), b.url());
         let p = connect(&urls, "conf2", Duration::from_secs(30)).await;
+        crate::presence::conformance::run_all(p).await;
+    }
+
+    #[tokio::test]
+    async fn redis_presence_passes_conformance_on_a_redis_cluster() {
+        let cluster = crate::cluster::testing::RedisCluster::start(3);
+        let p = connect_with(&cluster.url(), "confc", Duration::from_secs(30), true).await;
         crate::presence::conformance::run_all(p).await;
     }
 

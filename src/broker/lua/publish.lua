@@ -4,8 +4,9 @@
 --
 -- KEYS[1] meta hash (e = epoch, s = top offset)
 -- KEYS[2] history stream (entry ids 0-<offset>, field d = the publication)
--- KEYS[3] idempotency key, or "" for none
--- KEYS[4] unstored zset of a persisted channel (member "<offset>:<channel>"), or ""
+-- KEYS[3] idempotency key (used if ARGV[11] is '1')
+-- KEYS[4] unstored zset of a persisted channel (member "<offset>:<channel>"; used if
+--         ARGV[12] is '1')
 -- ARGV[1] pub/sub channel
 -- ARGV[2] the publication (protobuf, without offset)
 -- ARGV[3] history size (entries kept)
@@ -15,8 +16,13 @@
 -- ARGV[7] idempotency window in ms
 -- ARGV[8] now in ms (carried to subscribers to measure pub/sub lag)
 -- ARGV[9] the channel's name (for the unstored zset)
+-- ARGV[10] 'publish', or 'spublish' on a Redis Cluster (sharded pub/sub)
+-- ARGV[11], ARGV[12] '1' when KEYS[3], KEYS[4] are used; unused ones are any key of the
+--          channel's slot (a Redis Cluster refuses keys of other slots, even unused)
 -- Returns {offset, epoch, status}; status 0 published, 1 duplicate, 2 not seeded.
-local meta, stream, idem, unstored = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local meta, stream, idem, unstored = KEYS[1], KEYS[2], '', ''
+if ARGV[11] == '1' then idem = KEYS[3] end
+if ARGV[12] == '1' then unstored = KEYS[4] end
 
 if idem ~= '' then
   local prev = redis.call('get', idem)
@@ -50,5 +56,5 @@ end
 if unstored ~= '' then
   redis.call('zadd', unstored, ARGV[8], top .. ':' .. ARGV[9])
 end
-redis.call('publish', ARGV[1], 'p' .. top .. ':' .. epoch .. ':' .. ARGV[8] .. ':' .. ARGV[2])
+redis.call(ARGV[10], ARGV[1], 'p' .. top .. ':' .. epoch .. ':' .. ARGV[8] .. ':' .. ARGV[2])
 return {top, epoch, 0}

@@ -22,9 +22,21 @@ pub(super) struct Dispatch {
     pub(super) handler: RwLock<Option<Weak<dyn BrokerEventHandler>>>,
     /// `p:ch:`, stripped from pub/sub channel names.
     pub(super) pubsub_prefix: String,
+    /// Redis Cluster mode: the rest is the channel's hash-tagged form.
+    pub(super) cluster: bool,
 }
 
 impl Dispatch {
+    /// The Herald channel of a Redis pub/sub channel name.
+    fn channel<'a>(&self, redis_channel: &'a str) -> Option<&'a str> {
+        let part = redis_channel.strip_prefix(&self.pubsub_prefix)?;
+        if self.cluster {
+            crate::cluster::slots::untagged(part)
+        } else {
+            Some(part)
+        }
+    }
+
     fn handler(&self) -> Option<Arc<dyn BrokerEventHandler>> {
         self.handler.read().as_ref().and_then(Weak::upgrade)
     }
@@ -32,7 +44,7 @@ impl Dispatch {
 
 impl PubSubHandler for Dispatch {
     fn on_message(&self, redis_channel: &str, payload: &[u8]) {
-        let Some(channel) = redis_channel.strip_prefix(&self.pubsub_prefix) else {
+        let Some(channel) = self.channel(redis_channel) else {
             return;
         };
         let Some(h) = self.handler() else {
@@ -62,7 +74,7 @@ impl PubSubHandler for Dispatch {
             return;
         };
         for c in channels {
-            if let Some(channel) = c.strip_prefix(&self.pubsub_prefix) {
+            if let Some(channel) = self.channel(c) {
                 h.handle_interrupted(channel);
             }
         }

@@ -15,10 +15,11 @@ use crate::cluster::redis::Redis;
 use crate::cluster::testing::{Persistence, RedisServer};
 use crate::protocol::messages::{ClientInfo, Publication, StreamPosition};
 
-fn config(urls: &str, prefix: &str) -> crate::config::BrokerConfig {
+pub(super) fn config(urls: &str, prefix: &str) -> crate::config::BrokerConfig {
     crate::config::BrokerConfig {
         kind: "redis".into(),
         redis_url: urls.into(),
+        redis_cluster: false,
         redis_prefix: prefix.into(),
         redis_timeout: Duration::from_millis(1500),
         history_meta_ttl: Duration::from_secs(600),
@@ -29,18 +30,22 @@ fn config(urls: &str, prefix: &str) -> crate::config::BrokerConfig {
     }
 }
 
-async fn broker(urls: &str, prefix: &str) -> Arc<RedisBroker> {
-    let redis = Redis::connect(&config(urls, prefix))
-        .await
-        .expect("connect to redis");
+pub(super) async fn broker(urls: &str, prefix: &str) -> Arc<RedisBroker> {
+    broker_with(config(urls, prefix)).await
+}
+
+pub(super) async fn broker_with(cfg: crate::config::BrokerConfig) -> Arc<RedisBroker> {
+    let redis = Redis::connect(&cfg).await.expect("connect to redis");
     Arc::new(RedisBroker::new(Arc::new(redis), Duration::from_secs(600)))
 }
 
 /// Builds the brokers first (connecting is async), then hands them to the suite.
-async fn conformance(urls: &str) {
+pub(super) async fn conformance(urls: &str, cluster: bool) {
     let mut brokers = Vec::new();
     for i in 0..6 {
-        brokers.push(broker(urls, &format!("conf{i}")).await);
+        let mut cfg = config(urls, &format!("conf{i}"));
+        cfg.redis_cluster = cluster;
+        brokers.push(broker_with(cfg).await);
     }
     let brokers = Mutex::new(brokers);
     crate::broker::conformance::run_all(|| brokers.lock().remove(0)).await;
@@ -49,19 +54,19 @@ async fn conformance(urls: &str) {
 #[tokio::test]
 async fn redis_broker_passes_conformance() {
     let server = RedisServer::start();
-    conformance(&server.url()).await;
+    conformance(&server.url(), false).await;
 }
 
 #[tokio::test]
 async fn redis_broker_passes_conformance_on_two_shards() {
     let (a, b) = (RedisServer::start(), RedisServer::start());
-    conformance(&format!("{},{}", a.url(), b.url())).await;
+    conformance(&format!("{},{}", a.url(), b.url()), false).await;
 }
 
 #[derive(Default)]
-struct Seen {
-    pubs: Mutex<Vec<(String, u64, String)>>,
-    interrupted: Mutex<Vec<String>>,
+pub(super) struct Seen {
+    pub(super) pubs: Mutex<Vec<(String, u64, String)>>,
+    pub(super) interrupted: Mutex<Vec<String>>,
 }
 
 impl BrokerEventHandler for Seen {
@@ -77,7 +82,7 @@ impl BrokerEventHandler for Seen {
     }
 }
 
-fn attach(b: &RedisBroker) -> Arc<Seen> {
+pub(super) fn attach(b: &RedisBroker) -> Arc<Seen> {
     let seen = Arc::new(Seen::default());
     let h: Arc<dyn BrokerEventHandler> = seen.clone();
     let weak: Weak<dyn BrokerEventHandler> = Arc::downgrade(&h);
@@ -85,7 +90,7 @@ fn attach(b: &RedisBroker) -> Arc<Seen> {
     seen
 }
 
-async fn eventually(what: &str, cond: impl Fn() -> bool) {
+pub(super) async fn eventually(what: &str, cond: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !cond() {
         assert!(
@@ -96,14 +101,14 @@ async fn eventually(what: &str, cond: impl Fn() -> bool) {
     }
 }
 
-fn data(i: u64) -> Publication {
+pub(super) fn data(i: u64) -> Publication {
     Publication {
         data: bytes::Bytes::from(format!("{{\"i\":{i}}}")),
         ..Default::default()
     }
 }
 
-const HIST: HistoryOptions = HistoryOptions {
+pub(super) const HIST: HistoryOptions = HistoryOptions {
     size: 100,
     ttl: Duration::from_secs(60),
 };
