@@ -146,7 +146,6 @@ async fn build_broker(
     let redis = crate::cluster::redis::Redis::connect(b)
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach Redis ({}): {e}", redact_urls(&b.redis_url)))?;
-    let redis = Arc::new(redis);
     tracing::info!(redis = %redact_urls(&b.redis_url), "cluster mode: broker and presence on Redis");
     Ok((
         Arc::new(crate::broker::redis::RedisBroker::new(

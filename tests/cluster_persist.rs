@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::client::{cmd, data_json};
@@ -156,7 +155,7 @@ async fn reconciler_copies_what_a_crash_between_the_steps_left_out() {
     let conn = herald::cluster::redis::Redis::connect(&config.broker)
         .await
         .expect("redis");
-    let crashed = herald::broker::redis::RedisBroker::new(Arc::new(conn), Duration::from_secs(60));
+    let crashed = herald::broker::redis::RedisBroker::new(conn, Duration::from_secs(60));
     let seq = crashed.sequencer().expect("sequencer");
     let s = seq
         .publish_persisted(
@@ -256,7 +255,7 @@ async fn recovery_from_the_store_fills_holes_from_the_stream() {
     let conn = herald::cluster::redis::Redis::connect(&config.broker)
         .await
         .expect("redis");
-    let crashed = herald::broker::redis::RedisBroker::new(Arc::new(conn), Duration::from_secs(60));
+    let crashed = herald::broker::redis::RedisBroker::new(conn, Duration::from_secs(60));
     let seq = crashed.sequencer().expect("sequencer");
     let s = seq
         .publish_persisted(

@@ -43,7 +43,7 @@ fn node(seed: &str) -> Server {
 }
 
 /// Which master serves each channel, as Herald routes it.
-async fn routing(cluster: &RedisCluster) -> Redis {
+async fn routing(cluster: &RedisCluster) -> std::sync::Arc<Redis> {
     let mut cfg = herald::config::Config::load_from(None, "<none>", Vec::new())
         .expect("default config")
         .broker;
@@ -54,12 +54,13 @@ async fn routing(cluster: &RedisCluster) -> Redis {
 
 /// `per_master` `feed:` channels on each master.
 fn channels_on_every_master(redis: &Redis, per_master: usize) -> Vec<String> {
-    let mut count = vec![0; redis.shards().len()];
+    let t = redis.topology();
+    let mut count = vec![0; t.shards.len()];
     let mut out = Vec::new();
     let mut i = 0;
     while count.iter().any(|c| *c < per_master) {
         let ch = format!("feed:room{i}");
-        let s = redis.shard_for(&ch).index;
+        let s = t.index_for(&ch);
         if count[s] < per_master {
             count[s] += 1;
             out.push(ch);
@@ -75,7 +76,10 @@ async fn publications_cross_nodes_in_order_on_every_master() {
     let redis = routing(&cluster).await;
     assert_eq!(redis.shards().len(), 3);
     let channels = channels_on_every_master(&redis, 2);
-    let masters: HashSet<usize> = channels.iter().map(|c| redis.shard_for(c).index).collect();
+    let masters: HashSet<String> = channels
+        .iter()
+        .map(|c| redis.shard_for(c).name.clone())
+        .collect();
     assert_eq!(masters.len(), 3, "channels on every master");
 
     // Each node knows only one seed; it discovers the other masters.

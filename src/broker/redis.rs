@@ -32,11 +32,10 @@ use super::{
     Broker, BrokerError, BrokerEventHandler, HistoryFilter, HistoryOptions, PersistedSequencer,
     Sequenced, Unstored,
 };
-use crate::cluster::pubsub::{PubSubHandler, Subscriber};
 use crate::cluster::redis::{self as r, Redis, RedisFailure};
 use crate::cluster::slots;
-use crate::cluster::spubsub::{Endpoint, ShardedSubscriber};
 use crate::protocol::messages::{ClientInfo, Publication, StreamPosition};
+use subscribers::Subscribers;
 
 const PUBLISH_LUA: &str = include_str!("lua/publish.lua");
 const HISTORY_LUA: &str = include_str!("lua/history.lua");
@@ -110,33 +109,10 @@ impl Keys {
     }
 }
 
-/// The pub/sub connection of one Redis: plain `SUBSCRIBE`, or sharded `SSUBSCRIBE` on
-/// a Redis Cluster master.
-enum ChannelSubscriber {
-    Plain(Subscriber),
-    Sharded(ShardedSubscriber),
-}
-
-impl ChannelSubscriber {
-    async fn subscribe(&self, ch: &str) -> Result<(), RedisFailure> {
-        match self {
-            ChannelSubscriber::Plain(s) => s.subscribe(ch).await,
-            ChannelSubscriber::Sharded(s) => s.subscribe(ch).await,
-        }
-    }
-    async fn unsubscribe(&self, ch: &str) -> Result<(), RedisFailure> {
-        match self {
-            ChannelSubscriber::Plain(s) => s.unsubscribe(ch).await,
-            ChannelSubscriber::Sharded(s) => s.unsubscribe(ch).await,
-        }
-    }
-}
-
 pub struct RedisBroker {
     redis: Arc<Redis>,
     keys: Keys,
-    /// One pub/sub connection per shard, same index.
-    subscribers: Vec<ChannelSubscriber>,
+    subscribers: Arc<Subscribers>,
     dispatch: Arc<Dispatch>,
     meta_ttl: Duration,
     publish_script: redis::Script,
@@ -145,7 +121,8 @@ pub struct RedisBroker {
 }
 
 impl RedisBroker {
-    /// Starts one pub/sub connection per Redis (in the background). `meta_ttl` is
+    /// Starts one pub/sub connection per Redis (in the background; on a Redis Cluster
+    /// also the task moving subscriptions after a topology change). `meta_ttl` is
     /// `broker.history_meta_ttl`.
     pub fn new(redis: Arc<Redis>, meta_ttl: Duration) -> RedisBroker {
         let keys = Keys {
@@ -157,28 +134,7 @@ impl RedisBroker {
             pubsub_prefix: keys.pubsub_prefix(),
             cluster: keys.cluster,
         });
-        let subscribers = redis
-            .shards()
-            .iter()
-            .map(|s| {
-                let handler = dispatch.clone() as Arc<dyn PubSubHandler>;
-                match (keys.cluster, Endpoint::of(&s.client)) {
-                    (true, Some(ep)) => ChannelSubscriber::Sharded(ShardedSubscriber::start(
-                        ep,
-                        redis.timeout,
-                        "broker",
-                        handler,
-                    )),
-                    // Cluster masters are always host:port (Redis::connect checks).
-                    _ => ChannelSubscriber::Plain(Subscriber::start(
-                        s.client.clone(),
-                        redis.timeout,
-                        "broker",
-                        handler,
-                    )),
-                }
-            })
-            .collect();
+        let subscribers = Subscribers::new(redis.clone(), dispatch.clone());
         RedisBroker {
             redis,
             keys,
@@ -191,9 +147,8 @@ impl RedisBroker {
         }
     }
 
-    fn subscriber(&self, channel: &str) -> &ChannelSubscriber {
-        let i = self.redis.shard_for(channel).index;
-        &self.subscribers[i]
+    fn subscriber(&self, channel: &str) -> Arc<subscribers::ChannelSubscriber> {
+        self.subscribers.of(channel)
     }
 
     /// Runs the publish script; returns (offset, epoch, status).
@@ -675,5 +630,6 @@ impl RedisBroker {
 #[cfg(test)]
 mod cluster_tests;
 mod dispatch;
+mod subscribers;
 #[cfg(test)]
 mod tests;

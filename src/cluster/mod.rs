@@ -4,7 +4,8 @@
 //! - [`redis`]: the Redis connections (one or several, channels spread by consistent
 //!   hashing, or the masters of a Redis Cluster), shared by the broker, presence and
 //!   this module;
-//! - [`slots`]: Redis Cluster hash slots and the hash-tagged key names;
+//! - [`slots`]: Redis Cluster hash slots and the hash-tagged key names; [`topology`]
+//!   follows which master serves each slot;
 //! - [`pubsub`]: a pub/sub connection that resubscribes after a Redis restart and
 //!   reports what may have been missed; [`spubsub`] the same for sharded pub/sub
 //!   (`SSUBSCRIBE`) on a Redis Cluster master;
@@ -29,6 +30,7 @@ pub mod redis;
 pub mod slots;
 pub mod spubsub;
 pub mod testing;
+pub mod topology;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -413,6 +415,7 @@ fn zero_series() {
         "reconcile",
         "pubsub",
         "decode",
+        "topology",
     ] {
         metrics::counter!(m::REDIS_ERRORS_TOTAL, "op" => op).increment(0);
     }

@@ -16,12 +16,16 @@
 //! the first publish (which would fail).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::RwLock;
+use tokio::sync::watch;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::slots;
+use super::{slots, topology};
 use crate::config::BrokerConfig;
 use crate::metrics as m;
 
@@ -66,25 +70,78 @@ pub fn redact(url: &str) -> String {
 
 /// One Redis server.
 pub struct Shard {
-    pub index: usize,
     /// For new connections (pub/sub needs its own).
     pub client: redis::Client,
     /// Commands; cheap to clone, reconnects on its own.
     pub conn: ConnectionManager,
-    /// The URL without password.
+    /// The URL without password (`host:port` of a Redis Cluster master): the shard's
+    /// identity across topology changes.
     pub name: String,
+    /// Stops the keepalive task when the shard leaves the topology.
+    _keepalive: DropGuard,
+}
+
+impl Shard {
+    /// Connects the command connection and starts its keepalive.
+    pub(super) async fn open(
+        client: redis::Client,
+        name: String,
+        timeout: Duration,
+    ) -> Result<Shard, RedisFailure> {
+        // One quick retry: a command during an outage must fail within about
+        // `redis_timeout`, not after the crate's default six attempts.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let conn = bounded(
+            timeout * 2,
+            ConnectionManager::new_with_config(client.clone(), config),
+        )
+        .await?;
+        let stop = CancellationToken::new();
+        metrics::gauge!(m::REDIS_UP, "shard" => name.clone()).set(1.0);
+        tokio::spawn(keepalive(name.clone(), conn.clone(), timeout, stop.clone()));
+        Ok(Shard {
+            client,
+            conn,
+            name,
+            _keepalive: stop.drop_guard(),
+        })
+    }
+}
+
+/// Which Redis serves what, at one moment.
+pub struct Topology {
+    pub shards: Vec<Arc<Shard>>,
+    /// Redis Cluster mode: for each slot, the index in `shards` of its master.
+    pub(super) slots: Option<Vec<u16>>,
+}
+
+impl Topology {
+    /// The index in `shards` of the Redis holding everything about `name`.
+    pub fn index_for(&self, name: &str) -> usize {
+        match &self.slots {
+            Some(slots) => usize::from(slots[slots::name_slot(name)]),
+            None => shard_index(name, self.shards.len()),
+        }
+    }
 }
 
 /// Every Redis of the cluster plus the settings all users of it share.
 pub struct Redis {
-    shards: Vec<Shard>,
-    /// Redis Cluster mode: for each slot, the index of the shard (master) serving it,
-    /// as read at start.
-    slots: Option<Vec<u16>>,
+    /// Replaced as a whole when a Redis Cluster's topology changes; parking_lot
+    /// because it is only read or swapped, never held across an `.await`.
+    topology: RwLock<Arc<Topology>>,
+    /// Bumped at each topology change (the broker moves its subscriptions).
+    changed: watch::Sender<u64>,
+    cluster: bool,
     pub prefix: String,
     pub timeout: Duration,
-    /// Stops the keepalive tasks when the last user of the connections goes away.
-    _keepalive: DropGuard,
+    /// Stops the topology refresh when the last user of the connections goes away.
+    _refresh: Option<DropGuard>,
 }
 
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(1);
@@ -93,62 +150,59 @@ impl Redis {
     /// Connects to every configured Redis (with `broker.redis_cluster`, to every master
     /// of the cluster the URLs lead to); fails if one cannot be reached, so a
     /// misconfigured node stops at start instead of serving errors.
-    pub async fn connect(cfg: &BrokerConfig) -> Result<Redis, RedisFailure> {
+    pub async fn connect(cfg: &BrokerConfig) -> Result<Arc<Redis>, RedisFailure> {
         let urls = parse_urls(&cfg.redis_url).map_err(RedisFailure::Reply)?;
-        let (clients, slots) = if cfg.redis_cluster {
-            let (clients, slots) = discover(&urls, cfg.redis_timeout).await?;
-            (clients, Some(slots))
-        } else {
-            let clients = urls
-                .iter()
-                .map(|u| Ok((redis::Client::open(u.as_str())?, redact(u))))
-                .collect::<Result<Vec<_>, RedisFailure>>()?;
-            (clients, None)
-        };
-        let mut shards = Vec::with_capacity(clients.len());
-        for (index, (client, name)) in clients.into_iter().enumerate() {
-            // One quick retry: a command during an outage must fail within about
-            // `redis_timeout`, not after the crate's default six attempts.
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(cfg.redis_timeout))
-                .set_response_timeout(Some(cfg.redis_timeout))
-                .set_number_of_retries(1)
-                .set_min_delay(Duration::from_millis(50))
-                .set_max_delay(Duration::from_millis(500));
-            let conn = bounded(
-                cfg.redis_timeout * 2,
-                ConnectionManager::new_with_config(client.clone(), config),
-            )
-            .await?;
-            shards.push(Shard {
-                index,
-                client,
-                conn,
-                name,
-            });
+        if cfg.redis_cluster {
+            return topology::connect_cluster(cfg, &urls).await;
         }
-        let stop = CancellationToken::new();
-        for s in &shards {
-            metrics::gauge!(m::REDIS_UP, "shard" => s.index.to_string()).set(1.0);
-            tokio::spawn(keepalive(
-                s.index,
-                s.conn.clone(),
-                cfg.redis_timeout,
-                stop.clone(),
+        let mut shards = Vec::with_capacity(urls.len());
+        for u in &urls {
+            let client = redis::Client::open(u.as_str())?;
+            shards.push(Arc::new(
+                Shard::open(client, redact(u), cfg.redis_timeout).await?,
             ));
         }
-        Ok(Redis {
-            shards,
-            slots,
+        Ok(Arc::new(Redis::new(
+            cfg,
+            Topology {
+                shards,
+                slots: None,
+            },
+            None,
+        )))
+    }
+
+    pub(super) fn new(cfg: &BrokerConfig, topology: Topology, refresh: Option<DropGuard>) -> Redis {
+        let (changed, _) = watch::channel(0);
+        Redis {
+            cluster: topology.slots.is_some(),
+            topology: RwLock::new(Arc::new(topology)),
+            changed,
             prefix: cfg.redis_prefix.clone(),
             timeout: cfg.redis_timeout,
-            _keepalive: stop.drop_guard(),
-        })
+            _refresh: refresh,
+        }
+    }
+
+    /// The current topology.
+    pub fn topology(&self) -> Arc<Topology> {
+        self.topology.read().clone()
+    }
+
+    /// Installs a new topology (Redis Cluster) and tells the watchers.
+    pub(super) fn set_topology(&self, t: Topology) {
+        *self.topology.write() = Arc::new(t);
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Changes with each new topology.
+    pub fn topology_changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     /// Redis Cluster mode: keys carry hash tags, pub/sub is sharded.
     pub fn is_cluster(&self) -> bool {
-        self.slots.is_some()
+        self.cluster
     }
 
     /// The key of `what` (`meta`, `stream`, `ch`, `presence:data`, `conns`, ...) for a
@@ -186,27 +240,27 @@ impl Redis {
         }
     }
 
-    pub fn shards(&self) -> &[Shard] {
-        &self.shards
+    /// Every Redis of the current topology.
+    pub fn shards(&self) -> Vec<Arc<Shard>> {
+        self.topology().shards.clone()
     }
 
     /// The Redis holding node-level keys (registry, control channel).
-    pub fn first(&self) -> &Shard {
-        match &self.slots {
+    pub fn first(&self) -> Arc<Shard> {
+        let t = self.topology();
+        match &t.slots {
             Some(slots) => {
                 let slot = slots::key_slot(&self.node_key(""));
-                &self.shards[usize::from(slots[slot])]
+                t.shards[usize::from(slots[slot])].clone()
             }
-            None => &self.shards[0],
+            None => t.shards[0].clone(),
         }
     }
 
     /// The Redis holding everything about `name` (a channel or a user).
-    pub fn shard_for(&self, name: &str) -> &Shard {
-        match &self.slots {
-            Some(slots) => &self.shards[usize::from(slots[slots::name_slot(name)])],
-            None => &self.shards[shard_index(name, self.shards.len())],
-        }
+    pub fn shard_for(&self, name: &str) -> Arc<Shard> {
+        let t = self.topology();
+        t.shards[t.index_for(name)].clone()
     }
 
     /// Runs one Redis operation within the timeout, counting failures by `op`.
@@ -260,71 +314,29 @@ impl Redis {
     }
 }
 
-/// Asks the first reachable seed for the cluster's slots and returns a client per
-/// master (with the seed's credentials) and the master index of each slot.
-async fn discover(
-    seeds: &[String],
-    timeout: Duration,
-) -> Result<(Vec<(redis::Client, String)>, Vec<u16>), RedisFailure> {
-    let mut last = RedisFailure::Reply("no seed".into());
-    for seed in seeds {
-        let client = redis::Client::open(seed.as_str())?;
-        let info = client.get_connection_info().clone();
-        let redis::ConnectionAddr::Tcp(seed_host, _) = info.addr() else {
-            return Err(RedisFailure::Reply(format!(
-                "{}: broker.redis_cluster needs redis://host:port URLs",
-                redact(seed)
-            )));
-        };
-        let seed_host = seed_host.clone();
-        let reply = bounded(timeout, async {
-            let mut conn = client.get_multiplexed_async_connection().await?;
-            redis::cmd("CLUSTER")
-                .arg("SLOTS")
-                .query_async::<redis::Value>(&mut conn)
-                .await
-        })
-        .await;
-        let reply = match reply {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(cause = %e, seed = %redact(seed), "redis cluster seed unusable");
-                last = e;
-                continue;
-            }
-        };
-        let (masters, slots) =
-            slots::parse_cluster_slots(&reply, &seed_host).map_err(RedisFailure::Reply)?;
-        let clients = masters
-            .iter()
-            .map(|m| {
-                let info = info
-                    .clone()
-                    .set_addr(redis::ConnectionAddr::Tcp(m.host.clone(), m.port));
-                Ok((redis::Client::open(info)?, format!("{}:{}", m.host, m.port)))
-            })
-            .collect::<Result<Vec<_>, RedisFailure>>()?;
-        return Ok((clients, slots));
-    }
-    Err(last)
-}
-
 /// Pings through the command connection so that a connection killed by a Redis restart
 /// is noticed (and replaced) without waiting for a real command to fail on it. The
 /// answer is also the shard's `herald_redis_up`: errors only count commands that were
 /// tried, so an idle node needs this to say its Redis is gone.
+///
+/// The `shard` label is the Redis's `host:port` (its identity across a Redis Cluster's
+/// topology changes). A shard that left the topology is not down: its series goes back
+/// to 1 so that `HeraldRedisDown` does not fire for a master nobody uses any more.
 async fn keepalive(
-    index: usize,
+    name: String,
     mut conn: ConnectionManager,
     timeout: Duration,
     stop: CancellationToken,
 ) {
-    let up = metrics::gauge!(m::REDIS_UP, "shard" => index.to_string());
+    let up = metrics::gauge!(m::REDIS_UP, "shard" => name);
     let mut tick = tokio::time::interval(KEEPALIVE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => {
+                up.set(1.0);
+                return;
+            }
             _ = tick.tick() => {
                 let ping = redis::cmd("PING").to_owned();
                 let answered = bounded(timeout, ping.query_async::<redis::Value>(&mut conn)).await;
@@ -334,7 +346,7 @@ async fn keepalive(
     }
 }
 
-async fn bounded<T>(
+pub(super) async fn bounded<T>(
     timeout: Duration,
     fut: impl Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, RedisFailure> {

@@ -215,6 +215,11 @@ impl ShardedSubscriber {
         }
     }
 
+    /// The channels this connection keeps subscribed (through reconnects).
+    pub fn wanted(&self) -> Vec<String> {
+        self.inner.state.lock().wanted.iter().cloned().collect()
+    }
+
     /// Whether the connection is up.
     pub fn connected(&self) -> bool {
         self.inner.state.lock().tx.is_some()
@@ -449,10 +454,11 @@ fn on_frame(
                     Answered::Other
                 }
                 None if p.kind == Kind::Subscribe => {
-                    // A wanted channel this master no longer serves (the cluster was
-                    // resharded or failed over since the node started).
+                    // A wanted channel this master no longer serves (a resharding or a
+                    // failover): it stays wanted here until the broker, seeing the new
+                    // topology, moves it to its new master.
                     metrics::counter!(m::REDIS_ERRORS_TOTAL, "op" => "subscribe").increment(1);
-                    tracing::error!(cause = %failure, conn = inner.label, "resubscription refused: restart the node to follow the cluster's new topology");
+                    tracing::warn!(cause = %failure, conn = inner.label, "resubscription refused; waiting for the new topology");
                     Answered::Resubscribed
                 }
                 None => Answered::Broken,
@@ -501,11 +507,11 @@ fn on_frame(
         };
     }
     if kind == b"sunsubscribe" {
-        // Redis unsubscribes the channels of a slot that moved to another master.
+        // Redis unsubscribes the channels of a slot that moved to another master. The
+        // channel stays wanted here until the broker moves it (cluster::topology).
         let channel = String::from_utf8_lossy(channel);
         if inner.state.lock().wanted.contains(channel.as_ref()) {
-            metrics::counter!(m::REDIS_ERRORS_TOTAL, "op" => "pubsub").increment(1);
-            tracing::error!(channel = %channel, conn = inner.label, "redis moved a subscribed channel's slot: restart the node to follow the cluster's new topology");
+            tracing::info!(channel = %channel, conn = inner.label, "redis moved a subscribed channel's slot");
         }
         return Answered::Other;
     }

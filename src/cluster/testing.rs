@@ -215,6 +215,67 @@ impl RedisCluster {
     }
 }
 
+impl RedisCluster {
+    /// Moves hash slot `slot`, with its keys, from the master on `from` to the master on
+    /// `to` (the steps of a resharding), and tells every master.
+    pub fn move_slot(&self, slot: usize, from: u16, to: u16) {
+        let (from_id, to_id) = (
+            cli(from, &["CLUSTER", "MYID"]),
+            cli(to, &["CLUSTER", "MYID"]),
+        );
+        let slot = slot.to_string();
+        cli(
+            to,
+            &["CLUSTER", "SETSLOT", &slot, "IMPORTING", from_id.trim()],
+        );
+        cli(
+            from,
+            &["CLUSTER", "SETSLOT", &slot, "MIGRATING", to_id.trim()],
+        );
+        loop {
+            let keys = cli(from, &["CLUSTER", "GETKEYSINSLOT", &slot, "1000"]);
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let port = to.to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            args.extend(keys);
+            cli(from, &args);
+        }
+        let mut order = vec![to, from];
+        order.extend(
+            self.nodes
+                .iter()
+                .map(|n| n.port)
+                .filter(|p| *p != to && *p != from),
+        );
+        for port in order {
+            cli(port, &["CLUSTER", "SETSLOT", &slot, "NODE", to_id.trim()]);
+        }
+    }
+}
+
+/// Runs one `redis-cli` command against the node on `port`; panics on an error reply.
+fn cli(port: u16, args: &[&str]) -> String {
+    let out = match Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) => panic!("cannot run redis-cli: {e}"),
+    };
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && !text.starts_with("ERR") && !text.starts_with("(error)"),
+        "redis-cli -p {port} {args:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 /// Whether the node on `port` answers `CLUSTER INFO` with `cluster_state:ok`.
 fn cluster_ok(port: u16) -> bool {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {

@@ -733,10 +733,8 @@ mod tests {
             let conns = crate::cluster::redis::Redis::connect(&config.broker)
                 .await
                 .unwrap();
-            let broker = crate::broker::redis::RedisBroker::new(
-                Arc::new(conns),
-                std::time::Duration::from_secs(60),
-            );
+            let broker =
+                crate::broker::redis::RedisBroker::new(conns, std::time::Duration::from_secs(60));
             Node::new(
                 config,
                 Arc::new(broker),

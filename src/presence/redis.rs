@@ -226,8 +226,9 @@ impl Inner {
                     .collect::<Vec<_>>()
             })
             .collect();
-        // Group by shard so that each pipeline goes to one Redis.
-        let n = self.redis.shards().len();
+        // Group by shard so that each pipeline goes to one Redis (of one topology).
+        let topology = self.redis.topology();
+        let n = topology.shards.len();
         let mut pipes: Vec<Vec<redis::Pipeline>> = vec![Vec::new(); n];
         let mut counts = vec![REFRESH_BATCH; n];
         let ttl = self.ttl.as_millis() as u64;
@@ -240,12 +241,12 @@ impl Inner {
             pipes[i].len() - 1
         };
         for (ch, info) in &entries {
-            let i = self.redis.shard_for(ch).index;
+            let i = topology.index_for(ch);
             let j = slot(&mut pipes, i);
             self.write_entry(&mut pipes[i][j], ch, info, exp);
         }
         for (user, id) in &conns {
-            let i = self.redis.shard_for(user).index;
+            let i = topology.index_for(user);
             let j = slot(&mut pipes, i);
             let key = self.key("conns", user);
             pipes[i][j]
@@ -260,7 +261,7 @@ impl Inner {
                 .ignore();
         }
         for (i, shard_pipes) in pipes.into_iter().enumerate() {
-            let mut conn = self.redis.shards()[i].conn.clone();
+            let mut conn = topology.shards[i].conn.clone();
             for p in shard_pipes {
                 self.redis
                     .run("presence", p.query_async::<()>(&mut conn))
@@ -443,7 +444,6 @@ impl PresenceManager for RedisPresence {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::time::Duration;
 
     use super::*;
@@ -466,7 +466,7 @@ mod tests {
             node_ttl: Duration::from_secs(3),
             reconcile_interval: Duration::from_secs(1),
         };
-        let redis = Arc::new(Redis::connect(&cfg).await.expect("connect to redis"));
+        let redis = Redis::connect(&cfg).await.expect("connect to redis");
         RedisPresence::new(redis, ttl)
     }
 

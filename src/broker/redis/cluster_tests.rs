@@ -28,8 +28,8 @@ fn channels_on_every_master(
     redis: &crate::cluster::redis::Redis,
     per_master: usize,
 ) -> Vec<String> {
-    let n = redis.shards().len();
-    let mut count = vec![0; n];
+    let t = redis.topology();
+    let mut count = vec![0; t.shards.len()];
     let mut out = Vec::new();
     for i in 0.. {
         if count.iter().all(|c| *c >= per_master) {
@@ -40,7 +40,7 @@ fn channels_on_every_master(
         } else {
             format!("room:{i}")
         };
-        let s = redis.shard_for(&ch).index;
+        let s = t.index_for(&ch);
         if count[s] < per_master {
             count[s] += 1;
             out.push(ch);
@@ -61,9 +61,9 @@ async fn brokers_on_a_redis_cluster_deliver_in_order_on_every_master() {
     let b = broker_with(cluster_config(&cluster.url(), "x")).await;
     assert_eq!(a.redis.shards().len(), 3, "every master discovered");
     let channels = channels_on_every_master(&a.redis, 2);
-    let masters: HashSet<usize> = channels
+    let masters: HashSet<String> = channels
         .iter()
-        .map(|c| a.redis.shard_for(c).index)
+        .map(|c| a.redis.shard_for(c).name.clone())
         .collect();
     assert_eq!(masters.len(), 3);
     let seen = attach(&b);
@@ -146,11 +146,10 @@ async fn sharded_subscriptions_survive_a_master_restart() {
     let a = broker_with(cluster_config(&cluster.url(), "r")).await;
     let b = broker_with(cluster_config(&cluster.url(), "r")).await;
     let seen = attach(&b);
-    let ch = channels_on_every_master(&a.redis, 1)
-        .into_iter()
-        .find(|c| a.redis.shard_for(c).index == 0)
-        .expect("a channel on the first master");
-    let port = a.redis.shards()[0]
+    let ch = channels_on_every_master(&a.redis, 1).remove(0);
+    let port = a
+        .redis
+        .shard_for(&ch)
         .name
         .rsplit(':')
         .next()
@@ -186,4 +185,66 @@ async fn sharded_subscriptions_survive_a_master_restart() {
         seen.pubs.lock().len() >= 2
     })
     .await;
+}
+
+/// A resharding moves a subscribed channel's slot (with its keys) to another master:
+/// the nodes notice the new topology, the subscription follows the slot and is
+/// reported interrupted, publishing resumes with the next offset, and delivery goes on.
+#[tokio::test]
+async fn subscriptions_follow_a_moved_slot() {
+    let cluster = RedisCluster::start(3);
+    let a = broker_with(cluster_config(&cluster.url(), "m")).await;
+    let b = broker_with(cluster_config(&cluster.url(), "m")).await;
+    let seen = attach(&b);
+    let ch = "room:moving";
+    b.subscribe(ch).await.unwrap();
+    for i in 1..=3 {
+        a.publish(ch, data(i), HIST).await.unwrap();
+    }
+    eventually("three deliveries", || seen.pubs.lock().len() == 3).await;
+
+    let port = |name: &str| {
+        name.rsplit(':')
+            .next()
+            .and_then(|p| p.parse::<u16>().ok())
+            .unwrap()
+    };
+    let from = port(&a.redis.shard_for(ch).name);
+    let to = cluster
+        .nodes
+        .iter()
+        .map(|n| n.port())
+        .find(|p| *p != from)
+        .unwrap();
+    cluster.move_slot(crate::cluster::slots::name_slot(ch), from, to);
+
+    eventually("the interruption report", || {
+        seen.interrupted.lock().iter().any(|c| c == ch)
+    })
+    .await;
+    assert_eq!(port(&b.redis.shard_for(ch).name), to, "b follows the slot");
+    // a notices within its refresh period: until then its publishes fail (MOVED).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let next = loop {
+        match a.publish(ch, data(4), HIST).await {
+            Ok(p) => break p,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "publish after the move: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(next.offset, 4, "the sequence moved with the slot");
+    eventually("the delivery after the move", || {
+        seen.pubs.lock().iter().any(|p| p.1 == 4)
+    })
+    .await;
+    let (pubs, _) = b.history(ch, HistoryFilter::default()).await.unwrap();
+    assert_eq!(
+        pubs.iter().map(|p| p.offset).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
 }

@@ -28,7 +28,7 @@ pub(super) struct Dispatch {
 
 impl Dispatch {
     /// The Herald channel of a Redis pub/sub channel name.
-    fn channel<'a>(&self, redis_channel: &'a str) -> Option<&'a str> {
+    pub(super) fn channel<'a>(&self, redis_channel: &'a str) -> Option<&'a str> {
         let part = redis_channel.strip_prefix(&self.pubsub_prefix)?;
         if self.cluster {
             crate::cluster::slots::untagged(part)

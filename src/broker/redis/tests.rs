@@ -36,7 +36,7 @@ pub(super) async fn broker(urls: &str, prefix: &str) -> Arc<RedisBroker> {
 
 pub(super) async fn broker_with(cfg: crate::config::BrokerConfig) -> Arc<RedisBroker> {
     let redis = Redis::connect(&cfg).await.expect("connect to redis");
-    Arc::new(RedisBroker::new(Arc::new(redis), Duration::from_secs(600)))
+    Arc::new(RedisBroker::new(redis, Duration::from_secs(600)))
 }
 
 /// Builds the brokers first (connecting is async), then hands them to the suite.
