@@ -323,8 +323,14 @@ impl Cluster {
             uid: node.uid().to_string(),
             node_ttl: cfg.node_ttl,
         });
+        // Asked again at each reconnect: on a Redis Cluster the master holding the
+        // node keys may have changed (any master receives a cluster-wide PUBLISH).
+        let source = {
+            let redis = redis.clone();
+            Box::new(move || redis.first().client.clone())
+        };
         let control = Subscriber::start(
-            redis.first().client.clone(),
+            source,
             redis.timeout,
             "control",
             Arc::new(ControlHandler {

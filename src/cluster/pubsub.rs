@@ -49,8 +49,12 @@ struct State {
     sink: Option<PubSubSink>,
 }
 
+/// Gives the client to (re)connect with; asked at each connection attempt, so that a
+/// connection can follow a Redis Cluster's topology.
+pub type ClientSource = Box<dyn Fn() -> redis::Client + Send + Sync>;
+
 struct Inner {
-    client: redis::Client,
+    client: ClientSource,
     timeout: Duration,
     /// Metrics label of this connection ("broker", "control").
     label: &'static str,
@@ -76,7 +80,7 @@ impl Drop for Subscriber {
 impl Subscriber {
     /// Starts the connection task (it connects in the background).
     pub fn start(
-        client: redis::Client,
+        client: ClientSource,
         timeout: Duration,
         label: &'static str,
         handler: Arc<dyn PubSubHandler>,
@@ -166,7 +170,8 @@ async fn run(inner: Arc<Inner>, handler: Arc<dyn PubSubHandler>) {
     let mut backoff = BACKOFF_MIN;
     let mut connections: u64 = 0;
     loop {
-        let connect = tokio::time::timeout(inner.timeout, inner.client.get_async_pubsub());
+        let client = (inner.client)();
+        let connect = tokio::time::timeout(inner.timeout, client.get_async_pubsub());
         let pubsub = tokio::select! {
             _ = inner.stop.cancelled() => return,
             r = connect => r,

@@ -97,7 +97,10 @@ impl Subscribers {
                 )),
                 // Cluster masters are always host:port (`cluster::topology` checks).
                 _ => ChannelSubscriber::Plain(Subscriber::start(
-                    shard.client.clone(),
+                    {
+                        let client = shard.client.clone();
+                        Box::new(move || client.clone())
+                    },
                     timeout,
                     "broker",
                     handler,
