@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# CI builds from a clean clone: incremental compilation would only add work there.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
 step() { printf '\n==> %s\n' "$*"; }
 # Where cargo puts binaries (CARGO_TARGET_DIR may move it).
 target="${CARGO_TARGET_DIR:-$PWD/target}"
