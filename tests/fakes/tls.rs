@@ -115,11 +115,17 @@ impl TestCa {
                         let handler = handler.clone();
                         async move {
                             let (head, body) = req.into_parts();
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
+                            // A request cut off mid-body (its client died) never
+                            // reached the service, as with the real providers: it is
+                            // neither answered nor logged.
+                            let body = match body.collect().await {
+                                Ok(b) => b.to_bytes(),
+                                Err(_) => {
+                                    let mut r = Response::new(Full::new(Bytes::new()));
+                                    *r.status_mut() = hyper::StatusCode::BAD_REQUEST;
+                                    return Ok::<_, Infallible>(r);
+                                }
+                            };
                             let req = Req {
                                 conn,
                                 method: head.method,
