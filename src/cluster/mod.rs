@@ -76,9 +76,11 @@ impl Link {
         format!("{}:control", self.redis.prefix)
     }
     /// Token revocations: a zset of revocation JSON scored by expiry (unix seconds,
-    /// `+inf` for none), so a node that starts later loads the ones still in force.
+    /// `+inf` for none), so a node that starts later loads the ones still in force. A
+    /// node-level key: in Redis Cluster mode it shares the slot of [`Redis::first`],
+    /// the connection it is read and written through.
     fn revocations_key(&self) -> String {
-        format!("{}:revocations", self.redis.prefix)
+        self.redis.node_key("revocations")
     }
 
     /// Loads every revocation still in force into the node (start, and after the control
