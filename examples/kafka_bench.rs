@@ -135,23 +135,24 @@ name = "live"
 name = "room"
 persist = true
 "#;
-    let config = herald::config::Config::load_from(
-        Some(toml),
-        "bench",
-        vec![
-            ("HERALD_KAFKA__BROKERS".to_string(), bootstrap.clone()),
-            (
-                "HERALD_KAFKA__PARTITION_BUFFER".to_string(),
-                args.partition_buffer.to_string(),
-            ),
-            ("HERALD_AUTH__HMAC_SECRET".to_string(), SECRET.to_string()),
-            ("HERALD_API__KEY".to_string(), "bench-key".to_string()),
-            (
-                "HERALD_STORE__PATH".to_string(),
-                store.to_string_lossy().into_owned(),
-            ),
-        ],
-    )?;
+    let mut env = vec![
+        ("HERALD_KAFKA__BROKERS".to_string(), bootstrap.clone()),
+        (
+            "HERALD_KAFKA__PARTITION_BUFFER".to_string(),
+            args.partition_buffer.to_string(),
+        ),
+        ("HERALD_AUTH__HMAC_SECRET".to_string(), SECRET.to_string()),
+        ("HERALD_API__KEY".to_string(), "bench-key".to_string()),
+        (
+            "HERALD_STORE__PATH".to_string(),
+            store.to_string_lossy().into_owned(),
+        ),
+    ];
+    // librdkafka properties to try (comma-separated), e.g. fetch.queue.backoff.ms=10.
+    if let Ok(options) = std::env::var("BENCH_CLIENT_OPTIONS") {
+        env.push(("HERALD_KAFKA__CLIENT_OPTIONS".to_string(), options));
+    }
+    let config = herald::config::Config::load_from(Some(toml), "bench", env)?;
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
