@@ -231,6 +231,7 @@ pub async fn run(
         verifier,
         shutdown: stop.clone(),
         meters: crate::gateway::meters::WireMeters::register(),
+        limits: Arc::new(crate::gateway::ratelimit::SharedLimits::new(&config.client)),
     };
     let api_state = ApiState {
         node: node.clone(),

@@ -405,6 +405,12 @@ pub struct ClientConfig {
     pub max_connections_per_user: usize,
     pub command_rate: u32,
     pub command_burst: u32,
+    /// WebSocket upgrades per second from one peer IP (0 = unlimited).
+    pub connect_rate_per_ip: u32,
+    pub connect_burst_per_ip: u32,
+    /// Commands per second of one user over all its connections on this node.
+    pub user_command_rate: u32,
+    pub user_command_burst: u32,
     pub outbound_queue_len: usize,
     #[serde(deserialize_with = "duration")]
     pub write_timeout: Duration,
@@ -554,6 +560,22 @@ impl Config {
                 "client.command_burst",
                 "must be at least client.command_rate",
             ));
+        }
+        for (burst_key, rate, burst) in [
+            (
+                "client.connect_burst_per_ip",
+                self.client.connect_rate_per_ip,
+                self.client.connect_burst_per_ip,
+            ),
+            (
+                "client.user_command_burst",
+                self.client.user_command_rate,
+                self.client.user_command_burst,
+            ),
+        ] {
+            if rate > 0 && burst < rate {
+                return Err(bad(burst_key, "must be at least its rate"));
+            }
         }
         if !matches!(self.store.sync.as_str(), "full" | "normal") {
             return Err(bad(

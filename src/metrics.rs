@@ -55,6 +55,14 @@ pub const KAFKA_EGRESS_FAILED_TOTAL: &str = "herald_kafka_egress_failed_total";
 pub const KAFKA_EGRESS_BUFFERED: &str = "herald_kafka_egress_buffered";
 pub const KAFKA_EGRESS_DROPPED_TOTAL: &str = "herald_kafka_egress_dropped_total";
 pub const TOKENS_REVOKED_TOTAL: &str = "herald_token_revocations_total";
+pub const LIMIT_REJECTIONS_TOTAL: &str = "herald_limit_rejections_total";
+/// The `limit` label values of LIMIT_REJECTIONS_TOTAL.
+pub const LIMITS: &[&str] = &[
+    "connect_per_ip",
+    "connection_commands",
+    "user_commands",
+    "subscriptions",
+];
 pub const JWKS_FETCHES_TOTAL: &str = "herald_jwks_fetches_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -279,6 +287,10 @@ fn describe() {
         KAFKA_EGRESS_DROPPED_TOTAL,
         "Kafka egress: publications dropped because the egress buffer was full."
     );
+    describe_counter!(
+        LIMIT_REJECTIONS_TOTAL,
+        "Requests refused by an abuse limit, by limit (docs/SECURITY.md)."
+    );
     zero_series();
 }
 
@@ -291,6 +303,9 @@ fn zero_series() {
     metrics::counter!(QUEUE_DROPPED_TOTAL).absolute(0);
     for source in ["client", "api"] {
         metrics::counter!(PUBLICATIONS_TOTAL, "source" => source).absolute(0);
+    }
+    for limit in LIMITS {
+        metrics::counter!(LIMIT_REJECTIONS_TOTAL, "limit" => *limit).absolute(0);
     }
     for code in ["3001", "3008", "3012"] {
         metrics::counter!(DISCONNECTS_TOTAL, "code" => code).absolute(0);

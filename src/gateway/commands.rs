@@ -101,10 +101,13 @@ impl Session {
             return Outcome::Disconnect(codes::DISCONNECT_BAD_REQUEST.into());
         }
         let method = method_name(&cmd);
-        if method != "connect" && !self.bucket.allow() {
-            metrics::counter!(m::COMMANDS_TOTAL, "method" => method, "result" => "111")
-                .increment(1);
-            return self.error_reply(id, codes::ERROR_TOO_MANY_REQUESTS);
+        if method != "connect" {
+            if let Some(limit) = self.over_command_limit() {
+                metrics::counter!(m::LIMIT_REJECTIONS_TOTAL, "limit" => limit).increment(1);
+                metrics::counter!(m::COMMANDS_TOTAL, "method" => method, "result" => "111")
+                    .increment(1);
+                return self.error_reply(id, codes::ERROR_TOO_MANY_REQUESTS);
+            }
         }
         let result = match cmd {
             Command {
@@ -165,6 +168,21 @@ impl Session {
                 Outcome::Disconnect(d)
             }
         }
+    }
+
+    /// The command limit this command would exceed, if any: the connection's own bucket
+    /// first, then (once connected) the bucket its user shares with its other
+    /// connections on this node. Anonymous connections (empty user) would all share one
+    /// bucket, so they have only the per-connection one.
+    fn over_command_limit(&mut self) -> Option<&'static str> {
+        if !self.bucket.allow() {
+            return Some("connection_commands");
+        }
+        let conn = self.conn.as_ref()?;
+        if !conn.handle.user.is_empty() && !self.st.limits.per_user.allow(&conn.handle.user) {
+            return Some("user_commands");
+        }
+        None
     }
 
     fn error_reply(&self, id: u32, code: ErrorCode) -> Outcome {

@@ -9,7 +9,7 @@ mod connect;
 pub mod meters;
 pub mod origin;
 mod push_rpc;
-mod ratelimit;
+pub mod ratelimit;
 mod rpc;
 mod session;
 mod subscribe;
@@ -35,6 +35,7 @@ pub struct GatewayState {
     /// Cancelled on shutdown: sessions that are not connected yet close at once.
     pub shutdown: CancellationToken,
     pub meters: meters::WireMeters,
+    pub limits: Arc<ratelimit::SharedLimits>,
 }
 
 /// Picks the wire format the way the official SDKs ask for it: the
@@ -77,6 +78,17 @@ pub async fn endpoint(
     if !origin::allowed(&req, &state.node.config().http.allowed_origins) {
         tracing::debug!(origin = ?req.headers().get("origin"), "websocket origin refused");
         return Ok(HttpResponse::Forbidden().body("origin not allowed"));
+    }
+    if let Some(ip) = req.peer_addr().map(|a| a.ip()) {
+        if !state.limits.per_ip.allow(&ip) {
+            metrics::counter!(crate::metrics::LIMIT_REJECTIONS_TOTAL, "limit" => "connect_per_ip")
+                .increment(1);
+            tracing::debug!(%ip, "websocket upgrade refused: connection rate per ip");
+            let e = crate::protocol::codes::ERROR_TOO_MANY_REQUESTS;
+            return Ok(HttpResponse::TooManyRequests()
+                .insert_header(("Retry-After", "1"))
+                .json(serde_json::json!({"error": {"code": e.code, "message": e.message}})));
+        }
     }
     let (format, subprotocol) = negotiate(&req);
     let (mut response, ws, stream) = actix_ws::handle(&req, body)?;

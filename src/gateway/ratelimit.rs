@@ -1,6 +1,15 @@
-//! Per-connection command rate limit: a token bucket refilled continuously.
+//! Rate limits as token buckets refilled continuously: one per connection (owned by
+//! its session) and keyed ones shared by a node (per peer IP, per user).
 
-use std::time::Instant;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::config::ClientConfig;
 
 pub struct TokenBucket {
     rate: f64,
@@ -24,6 +33,12 @@ impl TokenBucket {
         self.allow_at(Instant::now())
     }
 
+    /// Whether the bucket would be full at `now`, i.e. forgetting it changes nothing.
+    fn full_at(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens + elapsed * self.rate >= self.burst
+    }
+
     fn allow_at(&mut self, now: Instant) -> bool {
         if self.rate == 0.0 {
             return true;
@@ -37,6 +52,80 @@ impl TokenBucket {
         } else {
             false
         }
+    }
+}
+
+/// The node-wide limits every session consults.
+pub struct SharedLimits {
+    /// WebSocket upgrades per peer IP.
+    pub per_ip: KeyedBuckets<IpAddr>,
+    /// Commands per user, over all the user's connections on this node.
+    pub per_user: KeyedBuckets<Arc<str>>,
+}
+
+impl SharedLimits {
+    pub fn new(c: &ClientConfig) -> Self {
+        SharedLimits {
+            per_ip: KeyedBuckets::new(c.connect_rate_per_ip, c.connect_burst_per_ip),
+            per_user: KeyedBuckets::new(c.user_command_rate, c.user_command_burst),
+        }
+    }
+}
+
+/// Buckets shared by every session on the node, one per key. Idle full buckets are
+/// dropped now and then so that a stream of distinct keys (a scan from many addresses)
+/// cannot grow the map without bound.
+pub struct KeyedBuckets<K> {
+    rate: u32,
+    burst: u32,
+    inner: Mutex<Keyed<K>>,
+}
+
+struct Keyed<K> {
+    buckets: HashMap<K, TokenBucket>,
+    last_sweep: Instant,
+}
+
+/// How often the map is swept for buckets that have refilled completely.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+impl<K: Hash + Eq + Clone> KeyedBuckets<K> {
+    /// A rate of 0 turns the limit off.
+    pub fn new(rate: u32, burst: u32) -> Self {
+        KeyedBuckets {
+            rate,
+            burst,
+            inner: Mutex::new(Keyed {
+                buckets: HashMap::new(),
+                last_sweep: Instant::now(),
+            }),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.rate > 0
+    }
+
+    pub fn allow(&self, key: &K) -> bool {
+        if self.rate == 0 {
+            return true;
+        }
+        let now = Instant::now();
+        let mut g = self.inner.lock();
+        if now.saturating_duration_since(g.last_sweep) >= SWEEP_EVERY {
+            g.last_sweep = now;
+            g.buckets.retain(|_, b| !b.full_at(now));
+        }
+        let (rate, burst) = (self.rate, self.burst);
+        g.buckets
+            .entry(key.clone())
+            .or_insert_with(|| TokenBucket::new(rate, burst))
+            .allow_at(now)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.inner.lock().buckets.len()
     }
 }
 
@@ -59,5 +148,17 @@ mod tests {
     fn zero_rate_is_unlimited() {
         let mut b = TokenBucket::new(0, 0);
         assert!((0..1000).all(|_| b.allow()));
+    }
+
+    #[test]
+    fn keyed_buckets_are_independent() {
+        let k = KeyedBuckets::new(1, 2);
+        assert!(k.allow(&"a") && k.allow(&"a"));
+        assert!(!k.allow(&"a"));
+        assert!(k.allow(&"b"));
+        assert_eq!(k.len(), 2);
+        let off = KeyedBuckets::new(0, 0);
+        assert!((0..100).all(|_| off.allow(&"a")));
+        assert_eq!(off.len(), 0);
     }
 }

@@ -48,6 +48,8 @@ impl Session {
             return Err(codes::ERROR_ALREADY_SUBSCRIBED.into());
         }
         if conn.subs.len() >= node.config().client.max_subscriptions {
+            metrics::counter!(crate::metrics::LIMIT_REJECTIONS_TOTAL, "limit" => "subscriptions")
+                .increment(1);
             return Err(codes::ERROR_LIMIT_EXCEEDED.into());
         }
         let user = conn.handle.user.clone();

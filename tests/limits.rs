@@ -1,0 +1,126 @@
+//! Abuse limits: each refusal carries its documented code and is counted in
+//! `herald_limit_rejections_total{limit=...}`.
+
+mod common;
+
+use common::client::cmd;
+use common::{tokens, Client, Server, Wire};
+use herald::protocol::messages::Command;
+use tokio_tungstenite::tungstenite::Error;
+
+/// The counter's value for `limit` on the server's /metrics page.
+async fn rejections(srv: &Server, limit: &str) -> f64 {
+    let page = reqwest::get(format!("http://{}/metrics", srv.addr))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    let series = format!("herald_limit_rejections_total{{limit=\"{limit}\"}} ");
+    page.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .unwrap_or_else(|| panic!("no series {series} in:\n{page}"))
+        .trim()
+        .parse()
+        .expect("counter value")
+}
+
+/// The handshake's HTTP status and body: 101 and empty when the WebSocket opened.
+async fn handshake(srv: &Server) -> (u16, String) {
+    match common::within("handshake", tokio_tungstenite::connect_async(srv.ws_url())).await {
+        Ok((_, resp)) => (resp.status().as_u16(), String::new()),
+        Err(Error::Http(resp)) => {
+            let body = resp
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            (resp.status().as_u16(), body)
+        }
+        Err(e) => panic!("handshake failed without an HTTP answer: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn connection_rate_per_ip_refuses_the_upgrade_with_429() {
+    // One upgrade a second with bursts of 3: the 4th and later ones in a row are refused.
+    let srv = Server::start_with(&[
+        ("HERALD_CLIENT__CONNECT_RATE_PER_IP", "1"),
+        ("HERALD_CLIENT__CONNECT_BURST_PER_IP", "3"),
+    ]);
+    let before = rejections(&srv, "connect_per_ip").await;
+    let mut statuses = Vec::new();
+    let mut refused_body = None;
+    for _ in 0..6 {
+        let (status, body) = handshake(&srv).await;
+        if status == 429 {
+            refused_body.get_or_insert(body);
+        }
+        statuses.push(status);
+    }
+    assert_eq!(&statuses[..3], &[101, 101, 101], "{statuses:?}");
+    assert_eq!(&statuses[4..], &[429, 429], "{statuses:?}");
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    let body: serde_json::Value =
+        serde_json::from_str(&refused_body.expect("a refused body")).expect("JSON error body");
+    assert_eq!(body["error"]["code"], 111, "{body}");
+    assert_eq!(body["error"]["message"], "too many requests", "{body}");
+    assert_eq!(
+        rejections(&srv, "connect_per_ip").await - before,
+        refused as f64
+    );
+
+    // Once the bucket refills the same address connects again.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    Client::connect(srv.addr, Wire::Json, &tokens::connect("alice")).await;
+}
+
+#[tokio::test]
+async fn connection_rate_is_off_by_default() {
+    let srv = Server::start();
+    for _ in 0..20 {
+        assert_eq!(handshake(&srv).await.0, 101);
+    }
+}
+
+/// Sends `n` pings on `c` in one batch and returns the error codes of their replies.
+async fn ping_codes(c: &mut Client, n: u32) -> Vec<Option<u32>> {
+    let first = c.next_id();
+    let batch: Vec<Command> = (0..n)
+        .map(|i| Command {
+            id: first + i,
+            ..cmd::ping()
+        })
+        .collect();
+    for _ in 1..n {
+        c.next_id();
+    }
+    c.send_batch(&batch).await;
+    let mut codes = Vec::new();
+    for i in 0..n {
+        codes.push(c.wait_reply(first + i).await.error.map(|e| e.code));
+    }
+    codes
+}
+
+#[tokio::test]
+async fn user_command_rate_is_shared_by_the_users_connections() {
+    // The per-connection limit stays generous; the user's own is 1/s with bursts of 4.
+    let srv = Server::start_with(&[
+        ("HERALD_CLIENT__USER_COMMAND_RATE", "1"),
+        ("HERALD_CLIENT__USER_COMMAND_BURST", "4"),
+    ]);
+    let before = rejections(&srv, "user_commands").await;
+    let (mut a, _) = Client::connect(srv.addr, Wire::Json, &tokens::connect("alice")).await;
+    let (mut b, _) = Client::connect(srv.addr, Wire::Json, &tokens::connect("alice")).await;
+    let (mut other, _) = Client::connect(srv.addr, Wire::Json, &tokens::connect("bob")).await;
+
+    assert_eq!(ping_codes(&mut a, 3).await, vec![None, None, None]);
+    // Alice's second connection has only one token left of the shared bucket.
+    let codes = ping_codes(&mut b, 3).await;
+    assert_eq!(codes[0], None, "{codes:?}");
+    assert_eq!(&codes[1..], &[Some(111), Some(111)], "{codes:?}");
+    // Error 111 leaves the connection open, and other users are not affected.
+    assert_eq!(ping_codes(&mut other, 4).await, vec![None; 4]);
+    assert_eq!(rejections(&srv, "user_commands").await - before, 2.0);
+}
