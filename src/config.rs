@@ -447,6 +447,8 @@ pub struct ChannelOptions {
     pub push: bool,
     pub push_title: String,
     pub push_body: String,
+    /// Largest publication `data` in bytes (0 = only the frame/body limits apply).
+    pub max_publication_size: usize,
 }
 
 impl ChannelOptions {

@@ -62,6 +62,7 @@ pub const LIMITS: &[&str] = &[
     "connection_commands",
     "user_commands",
     "subscriptions",
+    "publication_size",
 ];
 pub const JWKS_FETCHES_TOTAL: &str = "herald_jwks_fetches_total";
 

@@ -124,3 +124,50 @@ async fn user_command_rate_is_shared_by_the_users_connections() {
     assert_eq!(ping_codes(&mut other, 4).await, vec![None; 4]);
     assert_eq!(rejections(&srv, "user_commands").await - before, 2.0);
 }
+
+/// `capped` limits publication data to 16 bytes; channels without a namespace do not.
+const SIZE_TOML: &str = r#"
+[http]
+workers = 2
+shutdown_timeout = "3s"
+
+[channel]
+allow_publish_for_client = true
+
+[[namespaces]]
+name = "capped"
+allow_publish_for_client = true
+max_publication_size = 16
+"#;
+
+#[tokio::test]
+async fn publication_size_per_namespace() {
+    let srv = Server::start_config(SIZE_TOML, &[]);
+    let before = rejections(&srv, "publication_size").await;
+    let (mut c, _) = Client::connect(srv.addr, Wire::Json, &tokens::connect("alice")).await;
+    c.ok(cmd::subscribe("capped:room")).await;
+
+    // `"0123456789abcd"` is 16 bytes of JSON: at the limit. One more byte is over it.
+    let fits = serde_json::json!("0123456789abcd");
+    let over = serde_json::json!("0123456789abcde");
+    c.ok(cmd::publish("capped:room", &fits)).await;
+    assert_eq!(c.next_pub("capped:room").await.data, cmd::json(&fits));
+    let e = c.err(cmd::publish("capped:room", &over)).await;
+    assert_eq!((e.code, e.message.as_str()), (106, "limit exceeded"));
+    // The connection stays usable and the other namespace has no limit.
+    c.ok(cmd::publish("plain", &serde_json::json!("x".repeat(1000))))
+        .await;
+
+    // The server API gets the same code in its error object, and nothing is published.
+    let api = srv.api();
+    let body = api
+        .call(
+            "publish",
+            serde_json::json!({"channel": "capped:room", "data": over}),
+        )
+        .await;
+    assert_eq!(body["error"]["code"], 106, "{body}");
+    api.publish("capped:room", fits.clone()).await;
+    assert_eq!(c.next_pub("capped:room").await.data, cmd::json(&fits));
+    assert_eq!(rejections(&srv, "publication_size").await - before, 2.0);
+}

@@ -51,6 +51,9 @@ pub enum NodeError {
     BadChannel,
     #[error("not available for this channel")]
     NotAvailable,
+    /// The publication is larger than the namespace's `max_publication_size`.
+    #[error("publication too large")]
+    TooLarge,
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error(transparent)]
@@ -72,6 +75,7 @@ impl NodeError {
             NodeError::UnknownChannel => codes::ERROR_UNKNOWN_CHANNEL,
             NodeError::BadChannel => codes::ERROR_BAD_REQUEST,
             NodeError::NotAvailable => codes::ERROR_NOT_AVAILABLE,
+            NodeError::TooLarge => codes::ERROR_LIMIT_EXCEEDED,
             NodeError::Broker(BrokerError::UnrecoverablePosition)
             | NodeError::Store(StoreError::UnrecoverablePosition) => {
                 codes::ERROR_UNRECOVERABLE_POSITION
@@ -83,6 +87,18 @@ impl NodeError {
             | NodeError::Cluster(_) => codes::ERROR_INTERNAL,
         }
     }
+}
+
+/// Every publish path (client, server API, Kafka ingest) goes through here, so the
+/// namespace's limit holds whatever the source.
+fn check_publication_size(options: &ChannelOptions, data: &[u8]) -> Result<(), NodeError> {
+    let max = options.max_publication_size;
+    if max > 0 && data.len() > max {
+        metrics::counter!(crate::metrics::LIMIT_REJECTIONS_TOTAL, "limit" => "publication_size")
+            .increment(1);
+        return Err(NodeError::TooLarge);
+    }
+    Ok(())
 }
 
 impl From<ChannelError> for NodeError {
@@ -311,6 +327,7 @@ impl Node {
         opts: PublishOptions,
     ) -> Result<StreamPosition, NodeError> {
         let options = self.shared.rules.options(channel)?;
+        check_publication_size(options, &data)?;
         let publication = Publication {
             data,
             info: opts.info,
@@ -371,7 +388,7 @@ impl Node {
         data: Bytes,
         info: Option<ClientInfo>,
     ) -> Result<(), NodeError> {
-        self.shared.rules.options(channel)?;
+        check_publication_size(self.shared.rules.options(channel)?, &data)?;
         let publication = Publication {
             data,
             info,
