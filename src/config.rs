@@ -449,6 +449,9 @@ pub struct ChannelOptions {
     pub push_body: String,
     /// Largest publication `data` in bytes (0 = only the frame/body limits apply).
     pub max_publication_size: usize,
+    /// Most clients in one channel's presence; a client subscribe beyond it is refused
+    /// (0 = unlimited).
+    pub max_presence_size: usize,
 }
 
 impl ChannelOptions {

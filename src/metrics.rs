@@ -63,6 +63,7 @@ pub const LIMITS: &[&str] = &[
     "user_commands",
     "subscriptions",
     "publication_size",
+    "presence_size",
 ];
 pub const JWKS_FETCHES_TOTAL: &str = "herald_jwks_fetches_total";
 

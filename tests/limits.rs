@@ -138,6 +138,10 @@ allow_publish_for_client = true
 name = "capped"
 allow_publish_for_client = true
 max_publication_size = 16
+
+[[namespaces]]
+name = "crowd"
+max_presence_size = 2
 "#;
 
 #[tokio::test]
@@ -170,4 +174,28 @@ async fn publication_size_per_namespace() {
     api.publish("capped:room", fits.clone()).await;
     assert_eq!(c.next_pub("capped:room").await.data, cmd::json(&fits));
     assert_eq!(rejections(&srv, "publication_size").await - before, 2.0);
+}
+
+#[tokio::test]
+async fn presence_size_per_channel() {
+    let srv = Server::start_config(SIZE_TOML, &[]);
+    let before = rejections(&srv, "presence_size").await;
+    let mut clients = Vec::new();
+    for user in ["u1", "u2", "u3"] {
+        let (c, _) = Client::connect(srv.addr, Wire::Json, &tokens::connect(user)).await;
+        clients.push(c);
+    }
+    clients[0].ok(cmd::subscribe("crowd:hall")).await;
+    clients[1].ok(cmd::subscribe("crowd:hall")).await;
+    let e = clients[2].err(cmd::subscribe("crowd:hall")).await;
+    assert_eq!((e.code, e.message.as_str()), (106, "limit exceeded"));
+    assert_eq!(rejections(&srv, "presence_size").await - before, 1.0);
+    // Another channel of the namespace has its own presence.
+    clients[2].ok(cmd::subscribe("crowd:lobby")).await;
+
+    // A client leaving makes room.
+    clients[0].ok(cmd::unsubscribe("crowd:hall")).await;
+    clients[2].ok(cmd::subscribe("crowd:hall")).await;
+    let present = clients[1].ok(cmd::presence_stats("crowd:hall")).await;
+    assert_eq!(present.presence_stats.expect("stats").num_clients, 2);
 }

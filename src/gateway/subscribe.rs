@@ -91,6 +91,14 @@ impl Session {
         } else if !may_subscribe_without_token(&opts, &req.channel, &user) {
             return Err(codes::ERROR_PERMISSION_DENIED.into());
         }
+        if opts.presence && opts.max_presence_size > 0 {
+            let stats = node.presence_stats(&req.channel).await?;
+            if stats.num_clients as usize >= opts.max_presence_size {
+                metrics::counter!(crate::metrics::LIMIT_REJECTIONS_TOTAL, "limit" => "presence_size")
+                    .increment(1);
+                return Err(codes::ERROR_LIMIT_EXCEEDED.into());
+            }
+        }
         let result = self.add_subscription(&req.channel, &opts, params).await?;
         Ok(Reply {
             subscribe: Some(result),
