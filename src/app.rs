@@ -191,6 +191,10 @@ pub async fn run(
 
     let (broker, presence, redis) = build_broker(&config).await?;
     let node = Node::new(config.clone(), broker, presence, open_store(&config).await?);
+    let limits = Arc::new(crate::gateway::ratelimit::SharedLimits::new(
+        &config.client,
+        redis.clone(),
+    ));
     let cluster = match redis {
         Some(redis) => Some(
             crate::cluster::Cluster::start(node.clone(), redis, &config.broker)
@@ -231,7 +235,7 @@ pub async fn run(
         verifier,
         shutdown: stop.clone(),
         meters: crate::gateway::meters::WireMeters::register(),
-        limits: Arc::new(crate::gateway::ratelimit::SharedLimits::new(&config.client)),
+        limits,
     };
     let api_state = ApiState {
         node: node.clone(),

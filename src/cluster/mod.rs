@@ -26,6 +26,7 @@
 //! [`ClusterLink`] trait it defines.
 
 pub mod pubsub;
+pub mod rate;
 pub mod redis;
 pub mod slots;
 pub mod spubsub;

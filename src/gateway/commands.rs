@@ -102,7 +102,7 @@ impl Session {
         }
         let method = method_name(&cmd);
         if method != "connect" {
-            if let Some(limit) = self.over_command_limit() {
+            if let Some(limit) = self.over_command_limit().await {
                 metrics::counter!(m::LIMIT_REJECTIONS_TOTAL, "limit" => limit).increment(1);
                 metrics::counter!(m::COMMANDS_TOTAL, "method" => method, "result" => "111")
                     .increment(1);
@@ -172,14 +172,14 @@ impl Session {
 
     /// The command limit this command would exceed, if any: the connection's own bucket
     /// first, then (once connected) the bucket its user shares with its other
-    /// connections on this node. Anonymous connections (empty user) would all share one
+    /// connections (on this node, or on every node in cluster mode). Anonymous connections (empty user) would all share one
     /// bucket, so they have only the per-connection one.
-    fn over_command_limit(&mut self) -> Option<&'static str> {
+    async fn over_command_limit(&mut self) -> Option<&'static str> {
         if !self.bucket.allow() {
             return Some("connection_commands");
         }
-        let conn = self.conn.as_ref()?;
-        if !conn.handle.user.is_empty() && !self.st.limits.per_user.allow(&conn.handle.user) {
+        let user = self.conn.as_ref()?.handle.user.clone();
+        if !user.is_empty() && !self.st.limits.allow_user(&user).await {
             return Some("user_commands");
         }
         None

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use crate::cluster::rate::RedisBuckets;
+use crate::cluster::redis::Redis;
 use crate::config::ClientConfig;
 
 pub struct TokenBucket {
@@ -59,16 +61,38 @@ impl TokenBucket {
 pub struct SharedLimits {
     /// WebSocket upgrades per peer IP.
     pub per_ip: KeyedBuckets<IpAddr>,
-    /// Commands per user, over all the user's connections on this node.
+    /// Commands per user, over all the user's connections on this node; in cluster
+    /// mode the fallback while Redis cannot answer.
     pub per_user: KeyedBuckets<Arc<str>>,
+    /// Cluster mode: commands per user over all the user's connections on every node.
+    pub per_user_cluster: Option<RedisBuckets>,
 }
 
 impl SharedLimits {
-    pub fn new(c: &ClientConfig) -> Self {
+    /// With `redis` (cluster mode) the per-user limit is kept in Redis.
+    pub fn new(c: &ClientConfig, redis: Option<Arc<Redis>>) -> Self {
         SharedLimits {
             per_ip: KeyedBuckets::new(c.connect_rate_per_ip, c.connect_burst_per_ip),
             per_user: KeyedBuckets::new(c.user_command_rate, c.user_command_burst),
+            per_user_cluster: redis.filter(|_| c.user_command_rate > 0).map(|r| {
+                RedisBuckets::new(r, "rate:user", c.user_command_rate, c.user_command_burst)
+            }),
         }
+    }
+
+    /// Takes one of `user`'s command tokens; false if the user is over its rate. A
+    /// Redis failure falls back to this node's bucket: an outage must not block every
+    /// command, and the node's bucket still bounds a runaway client.
+    pub async fn allow_user(&self, user: &Arc<str>) -> bool {
+        if let Some(cluster) = &self.per_user_cluster {
+            match cluster.allow(user).await {
+                Ok(allowed) => return allowed,
+                Err(e) => {
+                    tracing::debug!(cause = %e, "cluster rate limit unavailable; using the node's")
+                }
+            }
+        }
+        self.per_user.allow(user)
     }
 }
 
