@@ -192,7 +192,7 @@ pub async fn run(
     let (broker, presence, redis) = build_broker(&config).await?;
     let node = Node::new(config.clone(), broker, presence, open_store(&config).await?);
     let limits = Arc::new(crate::gateway::ratelimit::SharedLimits::new(
-        &config.client,
+        &config,
         redis.clone(),
     ));
     let cluster = match redis {

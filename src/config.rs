@@ -358,6 +358,9 @@ pub struct HttpConfig {
     pub workers: usize,
     /// Browser origins allowed to open a WebSocket (`*` = any; empty = same origin).
     pub allowed_origins: Vec<String>,
+    /// Addresses of reverse proxies whose `X-Forwarded-For` names the client, for the
+    /// per-IP connection limit; from any other peer the header is ignored.
+    pub trusted_proxies: Vec<String>,
     /// PEM certificate chain and private key: TLS on the listener when both are set.
     pub tls_cert: String,
     pub tls_key: String,
@@ -565,6 +568,14 @@ impl Config {
                 "client.command_burst",
                 "must be at least client.command_rate",
             ));
+        }
+        for p in &self.http.trusted_proxies {
+            if p.trim().parse::<std::net::IpAddr>().is_err() {
+                return Err(bad(
+                    "http.trusted_proxies",
+                    format!("{p:?} is not an IP address"),
+                ));
+            }
         }
         for (burst_key, rate, burst) in [
             (
@@ -896,6 +907,23 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("client.max_subscriptions"), "{e}");
+        let e = Config::load_from(
+            None,
+            "f",
+            env(&[("HERALD_HTTP__TRUSTED_PROXIES", "10.0.0.0/8")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("http.trusted_proxies"), "{e}");
+        let e = Config::load_from(
+            None,
+            "f",
+            env(&[
+                ("HERALD_CLIENT__USER_COMMAND_RATE", "10"),
+                ("HERALD_CLIENT__USER_COMMAND_BURST", "5"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("client.user_command_burst"), "{e}");
         let e = Config::load_from(Some("[client]\nping_interval = \"soon\"\n"), "f", env(&[]))
             .unwrap_err();
         assert!(e.to_string().contains("client.ping_interval"), "{e}");

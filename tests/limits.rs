@@ -27,7 +27,18 @@ async fn rejections(srv: &Server, limit: &str) -> f64 {
 
 /// The handshake's HTTP status and body: 101 and empty when the WebSocket opened.
 async fn handshake(srv: &Server) -> (u16, String) {
-    match common::within("handshake", tokio_tungstenite::connect_async(srv.ws_url())).await {
+    handshake_from(srv, None).await
+}
+
+/// Like [`handshake`], with an `X-Forwarded-For` header.
+async fn handshake_from(srv: &Server, forwarded_for: Option<&str>) -> (u16, String) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = srv.ws_url().into_client_request().expect("request");
+    if let Some(f) = forwarded_for {
+        req.headers_mut()
+            .insert("X-Forwarded-For", f.parse().expect("header"));
+    }
+    match common::within("handshake", tokio_tungstenite::connect_async(req)).await {
         Ok((_, resp)) => (resp.status().as_u16(), String::new()),
         Err(Error::Http(resp)) => {
             let body = resp
@@ -73,6 +84,33 @@ async fn connection_rate_per_ip_refuses_the_upgrade_with_429() {
     // Once the bucket refills the same address connects again.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     Client::connect(srv.addr, Wire::Json, &tokens::connect("alice")).await;
+}
+
+#[tokio::test]
+async fn forwarded_for_counts_only_behind_a_trusted_proxy() {
+    let limited = [
+        ("HERALD_CLIENT__CONNECT_RATE_PER_IP", "1"),
+        ("HERALD_CLIENT__CONNECT_BURST_PER_IP", "1"),
+    ];
+    // Without trusted proxies the header is ignored: both share 127.0.0.1's bucket.
+    let direct = Server::start_with(&limited);
+    assert_eq!(handshake_from(&direct, Some("192.0.2.1")).await.0, 101);
+    assert_eq!(handshake_from(&direct, Some("192.0.2.2")).await.0, 429);
+
+    // Behind a trusted proxy (the test client's 127.0.0.1) each client has its own.
+    let mut env = limited.to_vec();
+    env.push(("HERALD_HTTP__TRUSTED_PROXIES", "127.0.0.1"));
+    let proxied = Server::start_with(&env);
+    assert_eq!(handshake_from(&proxied, Some("192.0.2.1")).await.0, 101);
+    assert_eq!(handshake_from(&proxied, Some("192.0.2.1")).await.0, 429);
+    assert_eq!(handshake_from(&proxied, Some("192.0.2.2")).await.0, 101);
+    // A client cannot escape its bucket by prepending a forged entry.
+    assert_eq!(
+        handshake_from(&proxied, Some("203.0.113.9, 192.0.2.2"))
+            .await
+            .0,
+        429
+    );
 }
 
 #[tokio::test]

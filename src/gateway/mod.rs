@@ -79,7 +79,13 @@ pub async fn endpoint(
         tracing::debug!(origin = ?req.headers().get("origin"), "websocket origin refused");
         return Ok(HttpResponse::Forbidden().body("origin not allowed"));
     }
-    if let Some(ip) = req.peer_addr().map(|a| a.ip()) {
+    if let Some(peer) = req.peer_addr().map(|a| a.ip()) {
+        let forwarded: Vec<&str> = req
+            .headers()
+            .get_all("x-forwarded-for")
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let ip = state.limits.client_ip(peer, &forwarded);
         if !state.limits.per_ip.allow(&ip) {
             metrics::counter!(crate::metrics::LIMIT_REJECTIONS_TOTAL, "limit" => "connect_per_ip")
                 .increment(1);

@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 
 use crate::cluster::rate::RedisBuckets;
 use crate::cluster::redis::Redis;
-use crate::config::ClientConfig;
+use crate::config::Config;
 
 pub struct TokenBucket {
     rate: f64,
@@ -66,18 +66,50 @@ pub struct SharedLimits {
     pub per_user: KeyedBuckets<Arc<str>>,
     /// Cluster mode: commands per user over all the user's connections on every node.
     pub per_user_cluster: Option<RedisBuckets>,
+    /// `http.trusted_proxies`.
+    trusted_proxies: Vec<IpAddr>,
 }
 
 impl SharedLimits {
     /// With `redis` (cluster mode) the per-user limit is kept in Redis.
-    pub fn new(c: &ClientConfig, redis: Option<Arc<Redis>>) -> Self {
+    pub fn new(config: &Config, redis: Option<Arc<Redis>>) -> Self {
+        let c = &config.client;
         SharedLimits {
+            trusted_proxies: config
+                .http
+                .trusted_proxies
+                .iter()
+                .filter_map(|p| p.trim().parse().ok())
+                .collect(),
             per_ip: KeyedBuckets::new(c.connect_rate_per_ip, c.connect_burst_per_ip),
             per_user: KeyedBuckets::new(c.user_command_rate, c.user_command_burst),
             per_user_cluster: redis.filter(|_| c.user_command_rate > 0).map(|r| {
                 RedisBuckets::new(r, "rate:user", c.user_command_rate, c.user_command_burst)
             }),
         }
+    }
+
+    /// The address the per-IP limit counts a request against: the socket peer, or, when
+    /// the peer is a trusted proxy, the last `X-Forwarded-For` entry that is not one
+    /// (proxies append, so entries left of it may be forged by the client).
+    pub fn client_ip(&self, peer: IpAddr, forwarded_for: &[&str]) -> IpAddr {
+        if !self.trusted_proxies.contains(&peer) {
+            return peer;
+        }
+        let mut client = peer;
+        for entry in forwarded_for.iter().rev().flat_map(|h| h.rsplit(',')) {
+            match entry.trim().parse::<IpAddr>() {
+                Ok(ip) => {
+                    client = ip;
+                    if !self.trusted_proxies.contains(&ip) {
+                        break;
+                    }
+                }
+                // An unparsable entry ends the chain we can trust.
+                Err(_) => break,
+            }
+        }
+        client
     }
 
     /// Takes one of `user`'s command tokens; false if the user is over its rate. A
@@ -172,6 +204,30 @@ mod tests {
     fn zero_rate_is_unlimited() {
         let mut b = TokenBucket::new(0, 0);
         assert!((0..1000).all(|_| b.allow()));
+    }
+
+    fn limits(trusted: &[&str]) -> SharedLimits {
+        let mut c = Config::load_from(None, "test", Vec::<(String, String)>::new()).unwrap();
+        c.http.trusted_proxies = trusted.iter().map(|s| s.to_string()).collect();
+        SharedLimits::new(&c, None)
+    }
+
+    #[test]
+    fn forwarded_for_only_from_trusted_proxies() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let none = limits(&[]);
+        assert_eq!(none.client_ip(ip("10.0.0.1"), &["1.2.3.4"]), ip("10.0.0.1"));
+        let l = limits(&["10.0.0.1", "10.0.0.2"]);
+        // A client's own X-Forwarded-For to Herald directly is ignored.
+        assert_eq!(l.client_ip(ip("9.9.9.9"), &["1.2.3.4"]), ip("9.9.9.9"));
+        // Through two trusted proxies; the forged left-most entry is not used.
+        assert_eq!(
+            l.client_ip(ip("10.0.0.1"), &["6.6.6.6, 5.5.5.5", "10.0.0.2"]),
+            ip("5.5.5.5")
+        );
+        assert_eq!(l.client_ip(ip("10.0.0.1"), &[]), ip("10.0.0.1"));
+        assert_eq!(l.client_ip(ip("10.0.0.1"), &["junk"]), ip("10.0.0.1"));
+        assert_eq!(l.client_ip(ip("10.0.0.1"), &["::1"]), ip("::1"));
     }
 
     #[test]
