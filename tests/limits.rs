@@ -265,3 +265,32 @@ async fn user_command_rate_is_cluster_wide_on_redis() {
     assert_eq!(ping_codes(&mut bob, 4).await, vec![None; 4]);
     assert!(rejections(&b, "user_commands").await - before >= 2.0);
 }
+
+#[tokio::test]
+async fn user_command_rate_on_a_redis_cluster() {
+    // Three masters: each user's bucket lives on the master of its hash-tagged key; a
+    // key on the wrong master would fail (MOVED) and fall back to per-node buckets,
+    // which would let node B answer all three pings below.
+    let redis = herald::cluster::testing::RedisCluster::start(3);
+    let url = redis.url();
+    let env = [
+        ("HERALD_BROKER__KIND", "redis"),
+        ("HERALD_BROKER__REDIS_CLUSTER", "true"),
+        ("HERALD_BROKER__REDIS_URL", url.as_str()),
+        ("HERALD_CLIENT__USER_COMMAND_RATE", "1"),
+        ("HERALD_CLIENT__USER_COMMAND_BURST", "4"),
+    ];
+    let a = Server::start_with(&env);
+    let b = Server::start_with(&env);
+    for user in ["alice", "bob", "carol", "dave", "erin", "frank"] {
+        let (mut on_a, _) = Client::connect(a.addr, Wire::Json, &tokens::connect(user)).await;
+        let (mut on_b, _) = Client::connect(b.addr, Wire::Json, &tokens::connect(user)).await;
+        assert_eq!(
+            ping_codes(&mut on_a, 3).await,
+            vec![None, None, None],
+            "{user}"
+        );
+        let codes = ping_codes(&mut on_b, 3).await;
+        assert_eq!(codes, vec![None, Some(111), Some(111)], "{user}");
+    }
+}
