@@ -347,38 +347,51 @@ impl Session {
                 channel,
                 issued_before,
             } => {
-                let revoked = self
-                    .conn
-                    .as_ref()
-                    .and_then(|c| c.subs.get(&channel))
-                    .and_then(|s| s.token_iat)
-                    .is_some_and(|iat| iat.unwrap_or(0) < issued_before);
-                if revoked {
-                    self.server_unsubscribe(&channel, codes::UNSUBSCRIBE_SERVER, "token revoked")
-                        .await;
-                }
+                let revoked = |s: &SubState| {
+                    s.token_iat
+                        .is_some_and(|iat| iat.unwrap_or(0) < issued_before)
+                };
+                self.unsubscribe_if(
+                    &channel,
+                    revoked,
+                    codes::UNSUBSCRIBE_SERVER,
+                    "token revoked",
+                )
+                .await;
             }
+            // Only a subscription that tracks offsets can recover what was missed.
             Control::Recover { channel } => {
-                // Only a subscription that tracks offsets can recover what was missed.
-                let tracked = self
-                    .conn
-                    .as_ref()
-                    .and_then(|c| c.subs.get(&channel))
-                    .is_some_and(|s| s.tracked);
-                if tracked {
-                    self.server_unsubscribe(
-                        &channel,
-                        codes::UNSUBSCRIBE_INSUFFICIENT,
-                        "insufficient state",
-                    )
-                    .await;
-                }
+                self.unsubscribe_if(
+                    &channel,
+                    |s| s.tracked,
+                    codes::UNSUBSCRIBE_INSUFFICIENT,
+                    "insufficient state",
+                )
+                .await;
             }
         }
         self.flush().await
     }
 
     /// Writes everything in `out` as one WebSocket message.
+    /// Ends the subscription to `channel` with `code` if it exists and `pred` holds.
+    async fn unsubscribe_if(
+        &mut self,
+        channel: &str,
+        pred: impl FnOnce(&SubState) -> bool,
+        code: u32,
+        reason: &str,
+    ) {
+        let hit = self
+            .conn
+            .as_ref()
+            .and_then(|c| c.subs.get(channel))
+            .is_some_and(pred);
+        if hit {
+            self.server_unsubscribe(channel, code, reason).await;
+        }
+    }
+
     pub(super) async fn flush(&mut self) -> Option<Disconnect> {
         if self.out.is_empty() {
             return None;

@@ -1,6 +1,6 @@
 //! The node: local subscriptions, the one publish path, and the fan-out.
 //!
-//! Gateway, server API (and later Kafka ingest) call the node; the node calls the
+//! Gateway, server API and Kafka ingest call the node; the node calls the
 //! broker and presence traits. It never touches a socket: it pushes pre-encoded frames
 //! into each connection's bounded queue ([`conn::ConnHandle`]).
 //!
@@ -261,7 +261,7 @@ impl Node {
                 }
             }
         }
-        self.shared.registry.add_conn(conn, 0);
+        self.shared.registry.add_conn(conn);
         metrics::gauge!(m::CONNECTIONS).increment(1.0);
         true
     }

@@ -48,22 +48,17 @@ impl Registry {
     }
 
     /// Adds a connection unless its user already has `max_per_user` (0 = no limit).
-    pub fn add_conn(&self, conn: Arc<ConnHandle>, max_per_user: usize) -> bool {
-        {
-            let mut users = self.users[self.idx(&conn.user)].write();
-            let set = users.entry(conn.user.clone()).or_default();
-            if max_per_user > 0 && !conn.user.is_empty() && set.len() >= max_per_user {
-                if set.is_empty() {
-                    users.remove(&conn.user);
-                }
-                return false;
-            }
-            set.insert(conn.seq);
-        }
+    /// The per-user connection limit is not checked here: the presence backend counts
+    /// connections (per process, or cluster-wide on Redis) before the node registers one.
+    pub fn add_conn(&self, conn: Arc<ConnHandle>) {
+        self.users[self.idx(&conn.user)]
+            .write()
+            .entry(conn.user.clone())
+            .or_default()
+            .insert(conn.seq);
         self.conns[(conn.seq as usize) % SHARDS]
             .write()
             .insert(conn.seq, conn);
-        true
     }
 
     pub fn remove_conn(&self, conn: &ConnHandle) {
