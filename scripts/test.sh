@@ -66,6 +66,9 @@ tests/ops/run.sh "$herald"
 # Three nodes over Redis for 40 s of faults (kill -9 of nodes and Redis, SIGTERM, a
 # stalled client), then the loss checker: nothing acknowledged lost, no silent gap.
 # The longer run and its figures: docs/RELIABILITY.md.
+step "every load-test scenario at tiny scale (scripts/loadtest-smoke.sh)"
+scripts/loadtest-smoke.sh
+
 step "chaos run with the loss checker (scripts/chaos.sh 40)"
 CHAOS_FAULT_EVERY=5 scripts/chaos.sh 40
 

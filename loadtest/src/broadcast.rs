@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde::Serialize;
 
-use crate::fleet::{Fleet, FleetPlan};
 use crate::hist;
 use crate::publish::{self, PubCounters};
 use crate::report::{self, thousands, RunResult};
-use crate::run::{self, Common, Progress, Sampler};
-use crate::worker::{ChannelPlan, Status};
+use crate::run::{self, Common, Progress};
+use crate::stage::{RateMeter, Stage, Window};
+use crate::worker::ChannelPlan;
 
 #[derive(Args, Debug, Clone, Serialize)]
 pub struct BroadcastArgs {
@@ -47,24 +47,11 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
     let c = &args.common;
     c.check_clients(args.subscribers)?;
     let peer = c.peer_conf();
-    let t0 = Instant::now();
-    let sampler = c.server_pid.map(|pid| Sampler::start(pid, t0));
     let channels = ChannelPlan {
         prefix: args.channel.clone(),
         count: 1,
         room_size: 0,
     };
-    let mut fleet = Fleet::spawn(&FleetPlan {
-        peer: &peer,
-        secret: &c.hmac_secret,
-        connections: args.subscribers,
-        workers: c.workers,
-        source_addrs: c.source_addrs,
-        concurrency: c.concurrency,
-        channels: &channels,
-        connect_timeout: Duration::from_secs_f64(c.connect_timeout_secs),
-        chat_rate: 0.0,
-    })?;
     eprintln!(
         "broadcast against {}: {} subscribers of {}, {} publications/s for {} s",
         c.server,
@@ -73,25 +60,21 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
         args.rate,
         args.duration_secs
     );
-    let connect_secs = run::connect_phase(
-        &mut fleet,
+    let mut stage = Stage::connect(
+        c,
         args.subscribers,
-        c.connect_deadline_secs,
-        sampler.as_ref(),
+        &channels,
+        0.0,
+        Window::Later,
+        Duration::from_secs_f64(args.settle_secs),
     )
     .await?;
-    let connected = fleet.total();
-    fleet
-        .watch_for(Duration::from_secs_f64(args.settle_secs))
-        .await;
 
     let client = publish::http_client(args.max_inflight)?;
     let live = Arc::new(PubCounters::default());
-    let at_start = fleet.total();
+    let at_start = stage.fleet.total();
     let open_at_start = at_start.open();
-    if let Some(s) = &sampler {
-        s.mark_start();
-    }
+    stage.mark_start();
     let measure_start = Instant::now();
     let publisher = {
         let client = client.clone();
@@ -107,55 +90,36 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
         tokio::spawn(async move { publish::run(&client, &peer, &[channel], &plan, live).await })
     };
     let mut progress = Progress::new();
-    let mut last = (Instant::now(), at_start.deliveries);
+    let mut rate = RateMeter::new(at_start.deliveries);
     while !publisher.is_finished() {
-        fleet.watch_for(Duration::from_secs(1)).await;
-        let t = fleet.total();
-        let line = progress_line(&args, &t, &live, measure_start, &mut last, sampler.as_ref());
+        stage.fleet.watch_for(Duration::from_secs(1)).await;
+        let line = progress_line(&args, &stage, &live, measure_start, &mut rate);
         progress.show(&line, false);
     }
     let outcome = publisher.await?;
-    // Wait for the last deliveries: until everything expected arrived, nothing new
-    // came for a second, or drain_secs passed.
     let expected = outcome.ok * open_at_start;
-    let drain_until = Instant::now() + Duration::from_secs_f64(args.drain_secs);
-    let mut prev = fleet.total().deliveries;
-    while Instant::now() < drain_until {
-        fleet.watch_for(Duration::from_secs(1)).await;
-        let now = fleet.total().deliveries;
-        if now.saturating_sub(at_start.deliveries) >= expected || now == prev {
-            break;
-        }
-        prev = now;
-    }
+    stage
+        .drain(&at_start, Duration::from_secs_f64(args.drain_secs), |_| {
+            expected
+        })
+        .await;
     let measured = measure_start.elapsed().as_secs_f64();
-    if let Some(s) = &sampler {
-        s.mark_end();
-    }
-    let t = fleet.total();
+    stage.mark_end();
     progress.show(
-        &progress_line(&args, &t, &live, measure_start, &mut last, sampler.as_ref()),
+        &progress_line(&args, &stage, &live, measure_start, &mut rate),
         true,
     );
-    let last_status = fleet.stop(Duration::from_secs(15)).await;
-    let latency = fleet.merged(|s: &Status| s.latency_hist.as_ref());
-    let connect_latency = fleet.merged(|s: &Status| s.connect_hist.as_ref());
-    let deliveries = last_status.deliveries.saturating_sub(at_start.deliveries);
+    let (base, last) = stage
+        .finish(
+            "broadcast",
+            c,
+            serde_json::to_value(&args)?,
+            args.subscribers,
+        )
+        .await;
+    let deliveries = last.deliveries.saturating_sub(at_start.deliveries);
     let publish_secs = outcome.elapsed.as_secs_f64().max(1e-9);
     let result = RunResult {
-        scenario: "broadcast".into(),
-        server: c.server.to_string(),
-        unix_time: run::unix_now(),
-        params: serde_json::to_value(&args)?,
-        clients: args.subscribers,
-        connected: connected.connected,
-        connect_errors: connected.failed,
-        errors: connected.errors.clone(),
-        first_error: last_status.first_error.clone(),
-        dropped: last_status.dropped,
-        first_drop: last_status.first_drop.clone(),
-        connect_secs,
-        connects_per_sec: connected.connected as f64 / connect_secs.max(1e-9),
         duration_secs: measured,
         target_rate: args.rate,
         published: outcome.ok,
@@ -167,11 +131,8 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
         deliveries_expected: Some(expected),
         delivered_pct: (expected > 0).then(|| 100.0 * deliveries as f64 / expected as f64),
         deliveries_per_sec: deliveries as f64 / publish_secs,
-        latency: hist::summary(&latency),
-        connect_latency: hist::summary(&connect_latency),
         publish_call_latency: hist::summary(&outcome.call_latency),
-        server_stats: sampler.map(Sampler::finish),
-        extra: Default::default(),
+        ..base
     };
     let base = c.output_base("broadcast");
     let title = format!(
@@ -185,16 +146,12 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
 
 fn progress_line(
     args: &BroadcastArgs,
-    t: &Status,
+    stage: &Stage,
     live: &PubCounters,
     start: Instant,
-    last: &mut (Instant, u64),
-    sampler: Option<&Sampler>,
+    rate: &mut RateMeter,
 ) -> String {
-    let now = Instant::now();
-    let rate =
-        (t.deliveries.saturating_sub(last.1)) as f64 / (now - last.0).as_secs_f64().max(1e-3);
-    *last = (now, t.deliveries);
+    let t = stage.fleet.total();
     format!(
         "{} {:.0}/{:.0} s | subscribers {} | published {} (errors {}) | deliveries {} ({}/s) | dropped {}{}",
         args.common.server,
@@ -204,8 +161,8 @@ fn progress_line(
         live.ok.load(Ordering::Relaxed),
         live.errors.load(Ordering::Relaxed),
         thousands(t.deliveries as f64),
-        thousands(rate),
+        thousands(rate.per_sec(t.deliveries)),
         t.dropped,
-        run::server_brief(sampler)
+        run::server_brief(stage.sampler.as_ref())
     )
 }

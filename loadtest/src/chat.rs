@@ -10,12 +10,11 @@ use anyhow::bail;
 use clap::Args;
 use serde::Serialize;
 
-use crate::fleet::{Fleet, FleetPlan};
-use crate::hist;
 use crate::peer::Peer;
 use crate::report::{self, thousands, RunResult};
-use crate::run::{self, Common, Progress, Sampler};
-use crate::worker::{ChannelPlan, Status};
+use crate::run::{self, Common, Progress};
+use crate::stage::{RateMeter, Stage, Window};
+use crate::worker::ChannelPlan;
 
 #[derive(Args, Debug, Clone, Serialize)]
 pub struct ChatArgs {
@@ -56,25 +55,11 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     if per_client > 50.0 {
         bail!("{per_client:.1} publications/s per client is above what the default command rate limit (100/s) allows comfortably");
     }
-    let peer = c.peer_conf();
-    let t0 = Instant::now();
-    let sampler = c.server_pid.map(|pid| Sampler::start(pid, t0));
     let channels = ChannelPlan {
         prefix: args.prefix.clone(),
         count: 0,
         room_size: args.room_size,
     };
-    let mut fleet = Fleet::spawn(&FleetPlan {
-        peer: &peer,
-        secret: &c.hmac_secret,
-        connections: args.clients,
-        workers: c.workers,
-        source_addrs: c.source_addrs,
-        concurrency: c.concurrency,
-        channels: &channels,
-        connect_timeout: Duration::from_secs_f64(c.connect_timeout_secs),
-        chat_rate: per_client,
-    })?;
     eprintln!(
         "chat against {}: {} clients in {} rooms of {}, {} publications/s ({per_client:.3}/s each) for {} s",
         c.server,
@@ -84,102 +69,67 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         args.rate,
         args.duration_secs
     );
-    let connect_secs = run::connect_phase(
-        &mut fleet,
+    let mut stage = Stage::connect(
+        c,
         args.clients,
-        c.connect_deadline_secs,
-        sampler.as_ref(),
+        &channels,
+        per_client,
+        Window::Later,
+        Duration::from_secs_f64(args.settle_secs),
     )
     .await?;
-    let connected = fleet.total();
-    fleet
-        .watch_for(Duration::from_secs_f64(args.settle_secs))
-        .await;
 
-    let at_start = fleet.total();
-    if let Some(s) = &sampler {
-        s.mark_start();
-    }
+    let at_start = stage.fleet.total();
+    stage.mark_start();
     let measure_start = Instant::now();
-    fleet.command("publish").await;
+    stage.fleet.command("publish").await;
     let mut progress = Progress::new();
-    let mut last = (Instant::now(), at_start.deliveries);
+    let mut rate = RateMeter::new(at_start.deliveries);
     let publish_for = Duration::from_secs_f64(args.duration_secs);
     while measure_start.elapsed() < publish_for {
         let left = publish_for.saturating_sub(measure_start.elapsed());
-        fleet.watch_for(left.min(Duration::from_secs(1))).await;
-        let t = fleet.total();
+        stage
+            .fleet
+            .watch_for(left.min(Duration::from_secs(1)))
+            .await;
         progress.show(
-            &progress_line(&args, &t, measure_start, &mut last, sampler.as_ref()),
+            &progress_line(&args, &stage, measure_start, &mut rate),
             false,
         );
     }
-    fleet.command("quiet").await;
+    stage.fleet.command("quiet").await;
     let publish_secs = measure_start.elapsed().as_secs_f64();
     // Let the workers report what they sent, then wait for the deliveries.
-    fleet.watch_for(Duration::from_millis(600)).await;
-    let drain_until = Instant::now() + Duration::from_secs_f64(args.drain_secs);
-    let mut prev = fleet.total().deliveries;
-    loop {
-        let t = fleet.total();
-        let expected = t.published.saturating_sub(at_start.published) * args.room_size;
-        if t.deliveries.saturating_sub(at_start.deliveries) >= expected
-            || Instant::now() >= drain_until
-        {
-            break;
-        }
-        fleet.watch_for(Duration::from_secs(1)).await;
-        let now = fleet.total().deliveries;
-        if now == prev {
-            break;
-        }
-        prev = now;
-    }
+    stage.fleet.watch_for(Duration::from_millis(600)).await;
+    stage
+        .drain(&at_start, Duration::from_secs_f64(args.drain_secs), |t| {
+            t.published.saturating_sub(at_start.published) * args.room_size
+        })
+        .await;
     let measured = measure_start.elapsed().as_secs_f64();
-    if let Some(s) = &sampler {
-        s.mark_end();
-    }
-    let t = fleet.total();
+    stage.mark_end();
     progress.show(
-        &progress_line(&args, &t, measure_start, &mut last, sampler.as_ref()),
+        &progress_line(&args, &stage, measure_start, &mut rate),
         true,
     );
-    let last_status = fleet.stop(Duration::from_secs(15)).await;
-    let latency = fleet.merged(|s: &Status| s.latency_hist.as_ref());
-    let connect_latency = fleet.merged(|s: &Status| s.connect_hist.as_ref());
-    let published = last_status.published.saturating_sub(at_start.published);
-    let deliveries = last_status.deliveries.saturating_sub(at_start.deliveries);
+    let (base, last) = stage
+        .finish("chat", c, serde_json::to_value(&args)?, args.clients)
+        .await;
+    let published = last.published.saturating_sub(at_start.published);
+    let deliveries = last.deliveries.saturating_sub(at_start.deliveries);
     let expected = published * args.room_size;
     let result = RunResult {
-        scenario: "chat".into(),
-        server: c.server.to_string(),
-        unix_time: run::unix_now(),
-        params: serde_json::to_value(&args)?,
-        clients: args.clients,
-        connected: connected.connected,
-        connect_errors: connected.failed,
-        errors: connected.errors.clone(),
-        first_error: last_status.first_error.clone(),
-        dropped: last_status.dropped,
-        first_drop: last_status.first_drop.clone(),
-        connect_secs,
-        connects_per_sec: connected.connected as f64 / connect_secs.max(1e-9),
         duration_secs: measured,
         target_rate: args.rate,
         published,
-        publish_errors: last_status.publish_errors,
-        publish_skipped: 0,
-        publish_first_error: None,
+        publish_errors: last.publish_errors,
         publishes_per_sec: published as f64 / publish_secs.max(1e-9),
         deliveries,
         deliveries_expected: Some(expected),
         delivered_pct: (expected > 0).then(|| 100.0 * deliveries as f64 / expected as f64),
         deliveries_per_sec: deliveries as f64 / publish_secs.max(1e-9),
-        latency: hist::summary(&latency),
-        connect_latency: hist::summary(&connect_latency),
-        publish_call_latency: None,
-        server_stats: sampler.map(Sampler::finish),
         extra: [("room_size".to_owned(), args.room_size as f64)].into(),
+        ..base
     };
     let base = c.output_base("chat");
     let title = format!(
@@ -192,17 +142,8 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     report::write_all(&[result], &base, &title)
 }
 
-fn progress_line(
-    args: &ChatArgs,
-    t: &Status,
-    start: Instant,
-    last: &mut (Instant, u64),
-    sampler: Option<&Sampler>,
-) -> String {
-    let now = Instant::now();
-    let rate =
-        (t.deliveries.saturating_sub(last.1)) as f64 / (now - last.0).as_secs_f64().max(1e-3);
-    *last = (now, t.deliveries);
+fn progress_line(args: &ChatArgs, stage: &Stage, start: Instant, rate: &mut RateMeter) -> String {
+    let t = stage.fleet.total();
     format!(
         "chat {:.0}/{:.0} s | clients {} | published {} (errors {}) | deliveries {} ({}/s) | dropped {}{}",
         start.elapsed().as_secs_f64(),
@@ -211,8 +152,8 @@ fn progress_line(
         thousands(t.published as f64),
         t.publish_errors,
         thousands(t.deliveries as f64),
-        thousands(rate),
+        thousands(rate.per_sec(t.deliveries)),
         t.dropped,
-        run::server_brief(sampler)
+        run::server_brief(stage.sampler.as_ref())
     )
 }

@@ -31,6 +31,7 @@ mod proc;
 mod publish;
 mod report;
 mod run;
+mod stage;
 mod stamp;
 mod worker;
 
