@@ -570,11 +570,8 @@ impl Config {
             ));
         }
         for p in &self.http.trusted_proxies {
-            if p.trim().parse::<std::net::IpAddr>().is_err() {
-                return Err(bad(
-                    "http.trusted_proxies",
-                    format!("{p:?} is not an IP address"),
-                ));
+            if let Err(e) = p.parse::<crate::ipnet::IpNet>() {
+                return Err(bad("http.trusted_proxies", e.to_string()));
             }
         }
         for (burst_key, rate, burst) in [
@@ -910,10 +907,21 @@ mod tests {
         let e = Config::load_from(
             None,
             "f",
-            env(&[("HERALD_HTTP__TRUSTED_PROXIES", "10.0.0.0/8")]),
+            env(&[("HERALD_HTTP__TRUSTED_PROXIES", "10.0.0.1,10.0.0.0/33")]),
         )
         .unwrap_err();
         assert!(e.to_string().contains("http.trusted_proxies"), "{e}");
+        assert!(e.to_string().contains("10.0.0.0/33"), "{e}");
+        let ok = Config::load_from(
+            None,
+            "f",
+            env(&[(
+                "HERALD_HTTP__TRUSTED_PROXIES",
+                "10.0.0.1, 10.0.0.0/8,fd00::/8",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(ok.http.trusted_proxies.len(), 3);
         let e = Config::load_from(
             None,
             "f",

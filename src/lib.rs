@@ -38,6 +38,7 @@ pub mod broker;
 pub mod cluster;
 pub mod config;
 pub mod gateway;
+pub mod ipnet;
 pub mod kafka;
 pub mod metrics;
 pub mod node;

@@ -111,6 +111,20 @@ async fn forwarded_for_counts_only_behind_a_trusted_proxy() {
             .0,
         429
     );
+
+    // A range: every hop in 127.0.0.0/8 is a proxy, so the client is the entry left of
+    // them (with only 127.0.0.1 trusted it would be 127.0.0.5, and the second
+    // handshake would find a fresh bucket).
+    env.pop();
+    env.push(("HERALD_HTTP__TRUSTED_PROXIES", "127.0.0.0/8"));
+    let ranged = Server::start_with(&env);
+    assert_eq!(
+        handshake_from(&ranged, Some("192.0.2.3, 127.0.0.5"))
+            .await
+            .0,
+        101
+    );
+    assert_eq!(handshake_from(&ranged, Some("192.0.2.3")).await.0, 429);
 }
 
 #[tokio::test]

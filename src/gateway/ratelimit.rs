@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use crate::cluster::rate::RedisBuckets;
 use crate::cluster::redis::Redis;
 use crate::config::Config;
+use crate::ipnet::IpNet;
 
 pub struct TokenBucket {
     rate: f64,
@@ -67,7 +68,7 @@ pub struct SharedLimits {
     /// Cluster mode: commands per user over all the user's connections on every node.
     pub per_user_cluster: Option<RedisBuckets>,
     /// `http.trusted_proxies`.
-    trusted_proxies: Vec<IpAddr>,
+    trusted_proxies: Vec<IpNet>,
 }
 
 impl SharedLimits {
@@ -93,7 +94,7 @@ impl SharedLimits {
     /// the peer is a trusted proxy, the last `X-Forwarded-For` entry that is not one
     /// (proxies append, so entries left of it may be forged by the client).
     pub fn client_ip(&self, peer: IpAddr, forwarded_for: &[&str]) -> IpAddr {
-        if !self.trusted_proxies.contains(&peer) {
+        if !self.is_trusted_proxy(peer) {
             return peer;
         }
         let mut client = peer;
@@ -101,7 +102,7 @@ impl SharedLimits {
             match entry.trim().parse::<IpAddr>() {
                 Ok(ip) => {
                     client = ip;
-                    if !self.trusted_proxies.contains(&ip) {
+                    if !self.is_trusted_proxy(ip) {
                         break;
                     }
                 }
@@ -110,6 +111,10 @@ impl SharedLimits {
             }
         }
         client
+    }
+
+    fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|n| n.contains(ip))
     }
 
     /// Takes one of `user`'s command tokens; false if the user is over its rate. A
@@ -228,6 +233,19 @@ mod tests {
         assert_eq!(l.client_ip(ip("10.0.0.1"), &[]), ip("10.0.0.1"));
         assert_eq!(l.client_ip(ip("10.0.0.1"), &["junk"]), ip("10.0.0.1"));
         assert_eq!(l.client_ip(ip("10.0.0.1"), &["::1"]), ip("::1"));
+    }
+
+    #[test]
+    fn trusted_proxies_may_be_ranges() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let l = limits(&["10.0.0.0/8", "fd00::/8"]);
+        assert_eq!(
+            l.client_ip(ip("10.3.2.1"), &["5.5.5.5, 10.200.0.9"]),
+            ip("5.5.5.5"),
+            "both hops are in the range"
+        );
+        assert_eq!(l.client_ip(ip("fd00::7"), &["5.5.5.5"]), ip("5.5.5.5"));
+        assert_eq!(l.client_ip(ip("11.0.0.1"), &["5.5.5.5"]), ip("11.0.0.1"));
     }
 
     #[test]
