@@ -50,32 +50,6 @@ LT=$BIN/herald-loadtest
 SECRET=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 KEY=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 
-# start_node NAME [REDIS_URL]: a Herald node on a free port; sets NODE_PORT, NODE_PID.
-start_node() {
-  local name=$1 redis=${2:-} port
-  port=$(peer_free_port) || exit 1
-  local env=(HERALD_HTTP__ADDR="127.0.0.1:$port" HERALD_API__KEY="$KEY" HERALD_AUTH__HMAC_SECRET="$SECRET")
-  if [[ -n $redis ]]; then
-    env+=(HERALD_BROKER__KIND=redis HERALD_BROKER__REDIS_URL="$redis")
-  fi
-  env "${env[@]}" "$BIN/herald" serve --config loadtest/peers/herald/bench.toml \
-    >"$WORK/$name.log" 2>&1 &
-  NODE_PID=$!
-  PIDS+=("$NODE_PID")
-  peer_wait_port "$port" "$NODE_PID" "$WORK/$name.log" || exit 1
-  NODE_PORT=$port
-}
-
-start_redis() {
-  local port
-  port=$(peer_free_port) || exit 1
-  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
-    --dir "$WORK" --logfile "$WORK/redis.log" &
-  PIDS+=($!)
-  peer_wait_port "$port" "$!" "$WORK/redis.log" || exit 1
-  REDIS_URL="redis://127.0.0.1:$port"
-}
-
 # run LABEL RATE WS_PORT PUBLISH_PORT SAMPLED_PID
 run() {
   local label=$1 rate=$2 ws=$3 publish=$4 pid=$5
@@ -106,17 +80,17 @@ achieved() {
 
 : >"$OUT/notes.md"
 # One node: subscribers and publisher on the same node.
-start_node single
+herald_node_start single || exit 1
 run single-max "$MAX_RATE" "$NODE_PORT" "$NODE_PORT" "$NODE_PID"
 HALF=$(($(achieved "$OUT/single-max.json") / 2))
 run single-half "$HALF" "$NODE_PORT" "$NODE_PORT" "$NODE_PID"
 cleanup
 
 # Two nodes over one Redis: subscribers on A, publisher on B.
-start_redis
-start_node a "$REDIS_URL"
+redis_start || exit 1
+herald_node_start a "$REDIS_URL" || exit 1
 A_PORT=$NODE_PORT A_PID=$NODE_PID
-start_node b "$REDIS_URL"
+herald_node_start b "$REDIS_URL" || exit 1
 run cluster-max "$MAX_RATE" "$A_PORT" "$NODE_PORT" "$A_PID"
 HALF=$(($(achieved "$OUT/cluster-max.json") / 2))
 run cluster-half "$HALF" "$A_PORT" "$NODE_PORT" "$A_PID"

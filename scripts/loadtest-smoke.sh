@@ -31,23 +31,6 @@ SECRET=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 KEY=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export HERALD_LOADTEST_HMAC_SECRET=$SECRET HERALD_LOADTEST_API_KEY=$KEY
 
-# start_node NAME [REDIS_URL]: sets NODE_PORT and NODE_PID.
-start_node() {
-  local name=$1 redis=${2:-} port
-  port=$(peer_free_port) || exit 1
-  local env=(HERALD_HTTP__ADDR="127.0.0.1:$port" HERALD_API__KEY="$KEY"
-    HERALD_AUTH__HMAC_SECRET="$SECRET" HERALD_STORE__PATH="$WORK/$name-store")
-  if [[ -n $redis ]]; then
-    env+=(HERALD_BROKER__KIND=redis HERALD_BROKER__REDIS_URL="$redis")
-  fi
-  env "${env[@]}" "$BIN/herald" serve --config loadtest/peers/herald/bench.toml \
-    >"$WORK/$name.log" 2>&1 &
-  NODE_PID=$!
-  PIDS+=("$NODE_PID")
-  peer_wait_port "$port" "$NODE_PID" "$WORK/$name.log" || exit 1
-  NODE_PORT=$port
-}
-
 failed=0
 # check NAME JSON PYTHON_EXPRESSION...: every expression over the result `r` must hold.
 check() {
@@ -83,7 +66,7 @@ run() {
   fi
 }
 
-start_node single
+herald_node_start single || exit 1
 URL=ws://127.0.0.1:$NODE_PORT/connection/websocket
 SINGLE_PID=$NODE_PID
 
@@ -123,14 +106,10 @@ run history history --url "$URL" --channels 2 --history-len 200 --prefix hist:sm
     'r["publish_errors"] == 0' 'r["latency"]["count"] == r["published"]'
 
 # cluster: subscribers on node A, publications through node B's API, over Redis.
-RPORT=$(peer_free_port) || exit 1
-redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" \
-  --logfile "$WORK/redis.log" &
-PIDS+=($!)
-peer_wait_port "$RPORT" "$!" "$WORK/redis.log" || exit 1
-start_node a "redis://127.0.0.1:$RPORT"
+redis_start || exit 1
+herald_node_start a "$REDIS_URL" || exit 1
 A_PORT=$NODE_PORT
-start_node b "redis://127.0.0.1:$RPORT"
+herald_node_start b "$REDIS_URL" || exit 1
 run cluster broadcast --url "ws://127.0.0.1:$A_PORT/connection/websocket" \
   --publish-url "http://127.0.0.1:$NODE_PORT" --subscribers 40 --rate 20 --duration-secs 3 \
   --settle-secs 1 --channel smoke-cluster &&

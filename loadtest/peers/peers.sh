@@ -1,5 +1,6 @@
 # Shell functions that start and stop one server for herald-loadtest on loopback.
-# Sourced by scripts/bench-peers.sh (and usable by hand):
+# Sourced by scripts/bench-peers.sh, bench-cluster.sh and loadtest-smoke.sh (and usable
+# by hand):
 #
 #   source loadtest/peers/peers.sh
 #   peer_start herald "$WORKDIR"     # sets PEER_PID, PEER_URL, PEER_PUBLISH_URL, PEER_ENV
@@ -178,4 +179,40 @@ peer_wait_quiet() {
       return 1
     fi
   done
+}
+
+# Herald nodes and a redis-server for multi-node runs (scripts/bench-cluster.sh,
+# scripts/loadtest-smoke.sh). They read BIN (directory of the herald binary), WORK, KEY
+# (API key) and SECRET (token HMAC secret) from the caller, and append each process they
+# start to the caller's PIDS array for its cleanup.
+
+# herald_node_start NAME [REDIS_URL]: a node on a free port with loadtest/peers/herald/
+# bench.toml and its own store directory, in cluster mode over REDIS_URL if given; sets
+# NODE_PORT and NODE_PID.
+herald_node_start() {
+  local name=$1 redis=${2:-} port
+  port=$(peer_free_port) || return 1
+  local env=(HERALD_HTTP__ADDR="127.0.0.1:$port" HERALD_API__KEY="$KEY"
+    HERALD_AUTH__HMAC_SECRET="$SECRET" HERALD_STORE__PATH="$WORK/$name-store")
+  if [[ -n $redis ]]; then
+    env+=(HERALD_BROKER__KIND=redis HERALD_BROKER__REDIS_URL="$redis")
+  fi
+  env "${env[@]}" "$BIN/herald" serve --config "$PEERS_DIR/herald/bench.toml" \
+    >"$WORK/$name.log" 2>&1 &
+  NODE_PID=$!
+  PIDS+=("$NODE_PID")
+  peer_wait_port "$port" "$NODE_PID" "$WORK/$name.log" || return 1
+  NODE_PORT=$port
+}
+
+# redis_start: a redis-server without persistence on a free port; sets REDIS_URL.
+redis_start() {
+  local port pid
+  port=$(peer_free_port) || return 1
+  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+    --dir "$WORK" --logfile "$WORK/redis.log" &
+  pid=$!
+  PIDS+=("$pid")
+  peer_wait_port "$port" "$pid" "$WORK/redis.log" || return 1
+  REDIS_URL="redis://127.0.0.1:$port"
 }
