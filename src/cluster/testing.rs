@@ -169,6 +169,14 @@ impl RedisCluster {
     /// `redis-cli --cluster create` and waits until every node reports
     /// `cluster_state:ok`.
     pub fn start(n: usize) -> RedisCluster {
+        Self::start_with_replicas(n, 0)
+    }
+
+    /// `masters` masters with `replicas` replicas each (`nodes` holds the masters
+    /// first); returns once every node reports `cluster_state:ok` and every replica's
+    /// link to its master is up.
+    pub fn start_with_replicas(masters: usize, replicas: usize) -> RedisCluster {
+        let n = masters * (1 + replicas);
         let nodes: Vec<RedisServer> = (0..n)
             .map(|_| RedisServer::start_node(Persistence::None, true))
             .collect();
@@ -178,7 +186,7 @@ impl RedisCluster {
             cmd.arg(format!("127.0.0.1:{}", s.port));
         }
         let out = match cmd
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
         {
@@ -197,6 +205,16 @@ impl RedisCluster {
                 assert!(
                     Instant::now() < deadline,
                     "redis cluster node {} never reached cluster_state:ok",
+                    s.port
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        for s in &nodes {
+            while info(s.port, "replication").contains("master_link_status:down") {
+                assert!(
+                    Instant::now() < deadline,
+                    "replica {} never synced with its master",
                     s.port
                 );
                 std::thread::sleep(Duration::from_millis(50));
@@ -254,6 +272,47 @@ impl RedisCluster {
             cli(port, &["CLUSTER", "SETSLOT", &slot, "NODE", to_id.trim()]);
         }
     }
+}
+
+impl RedisCluster {
+    /// A replica of the master on `master` (panics if it has none).
+    pub fn replica_of(&self, master: u16) -> u16 {
+        let wanted = format!("master_port:{master}\r\n");
+        match self
+            .nodes
+            .iter()
+            .map(|n| n.port)
+            .find(|p| info(*p, "replication").contains(&wanted))
+        {
+            Some(p) => p,
+            None => panic!("the master on {master} has no replica"),
+        }
+    }
+
+    /// A manual failover (`CLUSTER FAILOVER`, Redis's planned switch-over: the replica
+    /// catches up with its master, then takes over its slots) of the replica on
+    /// `replica`; returns once it is a master.
+    pub fn fail_over_to(&self, replica: u16) {
+        cli(replica, &["CLUSTER", "FAILOVER"]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !info(replica, "replication").contains("role:master") {
+            assert!(
+                Instant::now() < deadline,
+                "replica {replica} did not become a master"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// `INFO section` of the node on `port` (empty when it does not answer).
+fn info(port: u16, section: &str) -> String {
+    Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "INFO", section])
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
 }
 
 /// Runs one `redis-cli` command against the node on `port`; panics on an error reply.

@@ -248,3 +248,69 @@ async fn subscriptions_follow_a_moved_slot() {
         vec![1, 2, 3, 4]
     );
 }
+
+/// A failover: the replica of the master serving a subscribed channel takes over
+/// (`CLUSTER FAILOVER`). The nodes find the new master by their topology refresh, the
+/// subscription moves to it and is reported interrupted, the sequence continues from
+/// the replicated counter, and nothing stored is lost.
+#[tokio::test]
+async fn subscriptions_follow_a_failover_to_a_replica() {
+    let cluster = RedisCluster::start_with_replicas(3, 1);
+    let seeds = cluster.nodes[..3]
+        .iter()
+        .map(|n| n.url())
+        .collect::<Vec<_>>()
+        .join(",");
+    let a = broker_with(cluster_config(&seeds, "f")).await;
+    let b = broker_with(cluster_config(&seeds, "f")).await;
+    let seen = attach(&b);
+    let ch = "room:failing-over";
+    b.subscribe(ch).await.unwrap();
+    for i in 1..=3 {
+        a.publish(ch, data(i), HIST).await.unwrap();
+    }
+    eventually("three deliveries", || seen.pubs.lock().len() == 3).await;
+
+    let port = |name: &str| {
+        name.rsplit(':')
+            .next()
+            .and_then(|p| p.parse::<u16>().ok())
+            .unwrap()
+    };
+    let old = port(&a.redis.shard_for(ch).name);
+    let replica = cluster.replica_of(old);
+    cluster.fail_over_to(replica);
+
+    eventually("the interruption report", || {
+        seen.interrupted.lock().iter().any(|c| c == ch)
+    })
+    .await;
+    assert_eq!(
+        port(&b.redis.shard_for(ch).name),
+        replica,
+        "b follows the new master"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let next = loop {
+        match a.publish(ch, data(4), HIST).await {
+            Ok(p) => break p,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "publish after the failover: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(next.offset, 4, "the replica had the sequence");
+    eventually("the delivery after the failover", || {
+        seen.pubs.lock().iter().any(|p| p.1 == 4)
+    })
+    .await;
+    let (pubs, _) = b.history(ch, HistoryFilter::default()).await.unwrap();
+    assert_eq!(
+        pubs.iter().map(|p| p.offset).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+}
