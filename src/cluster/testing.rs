@@ -210,6 +210,13 @@ impl RedisCluster {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+        if replicas > 0 {
+            // Seconds, not the default 15, before a silent master counts as failed and
+            // its replica takes over: an unplanned failover fits in a test.
+            for s in &nodes {
+                cli(s.port, &["CONFIG", "SET", "cluster-node-timeout", "1000"]);
+            }
+        }
         for s in &nodes {
             while info(s.port, "replication").contains("master_link_status:down") {
                 assert!(
@@ -294,15 +301,51 @@ impl RedisCluster {
     /// `replica`; returns once it is a master.
     pub fn fail_over_to(&self, replica: u16) {
         cli(replica, &["CLUSTER", "FAILOVER"]);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !info(replica, "replication").contains("role:master") {
+        self.wait_master(replica);
+    }
+}
+
+impl RedisCluster {
+    /// Waits until every replica of the master on `master` has everything it wrote.
+    pub fn wait_replicated(&self, master: u16) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = info(master, "replication");
+            let own = field(&text, "master_repl_offset:");
+            let behind = text
+                .lines()
+                .filter(|l| l.starts_with("slave"))
+                .filter_map(|l| l.split(',').find_map(|kv| kv.strip_prefix("offset=")))
+                .any(|o| Some(o.trim()) != own.as_deref());
+            if own.is_some() && !behind {
+                return;
+            }
             assert!(
                 Instant::now() < deadline,
-                "replica {replica} did not become a master"
+                "the replicas of {master} never caught up: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until the node on `port` is a master (an election after its master failed).
+    pub fn wait_master(&self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !info(port, "replication").contains("role:master") {
+            assert!(
+                Instant::now() < deadline,
+                "{port} was not promoted to master"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// The value after `prefix` on its line of an INFO text.
+fn field(text: &str, prefix: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .map(|v| v.trim().to_string())
 }
 
 /// `INFO section` of the node on `port` (empty when it does not answer).

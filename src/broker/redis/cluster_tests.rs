@@ -249,13 +249,23 @@ async fn subscriptions_follow_a_moved_slot() {
     );
 }
 
-/// A failover: the replica of the master serving a subscribed channel takes over
-/// (`CLUSTER FAILOVER`). The nodes find the new master by their topology refresh, the
-/// subscription moves to it and is reported interrupted, the sequence continues from
-/// the replicated counter, and nothing stored is lost.
+/// Failovers: the replica of the master serving a subscribed channel takes over,
+/// planned (`CLUSTER FAILOVER`) or because its master was SIGKILLed (elected after the
+/// cluster's node timeout). The nodes find the new master by their topology refresh,
+/// the subscription moves to it and is reported interrupted, the sequence continues
+/// from the replicated counter, and nothing replicated is lost.
 #[tokio::test]
-async fn subscriptions_follow_a_failover_to_a_replica() {
-    let cluster = RedisCluster::start_with_replicas(3, 1);
+async fn subscriptions_follow_a_planned_failover() {
+    failover(false).await;
+}
+
+#[tokio::test]
+async fn subscriptions_follow_a_killed_master_s_replica() {
+    failover(true).await;
+}
+
+async fn failover(kill: bool) {
+    let mut cluster = RedisCluster::start_with_replicas(3, 1);
     let seeds = cluster.nodes[..3]
         .iter()
         .map(|n| n.url())
@@ -279,7 +289,18 @@ async fn subscriptions_follow_a_failover_to_a_replica() {
     };
     let old = port(&a.redis.shard_for(ch).name);
     let replica = cluster.replica_of(old);
-    cluster.fail_over_to(replica);
+    if kill {
+        // Asynchronous replication: what the replica had not received would be lost,
+        // so the test kills only once it has everything.
+        cluster.wait_replicated(old);
+        let Some(master) = cluster.nodes.iter_mut().find(|n| n.port() == old) else {
+            panic!("no node on {old}");
+        };
+        master.kill();
+        cluster.wait_master(replica);
+    } else {
+        cluster.fail_over_to(replica);
+    }
 
     eventually("the interruption report", || {
         seen.interrupted.lock().iter().any(|c| c == ch)
@@ -290,7 +311,7 @@ async fn subscriptions_follow_a_failover_to_a_replica() {
         replica,
         "b follows the new master"
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     let next = loop {
         match a.publish(ch, data(4), HIST).await {
             Ok(p) => break p,
