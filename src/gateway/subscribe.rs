@@ -91,14 +91,6 @@ impl Session {
         } else if !may_subscribe_without_token(&opts, &req.channel, &user) {
             return Err(codes::ERROR_PERMISSION_DENIED.into());
         }
-        if opts.presence && opts.max_presence_size > 0 {
-            let stats = node.presence_stats(&req.channel).await?;
-            if stats.num_clients as usize >= opts.max_presence_size {
-                metrics::counter!(crate::metrics::LIMIT_REJECTIONS_TOTAL, "limit" => "presence_size")
-                    .increment(1);
-                return Err(codes::ERROR_LIMIT_EXCEEDED.into());
-            }
-        }
         let result = self.add_subscription(&req.channel, &opts, params).await?;
         Ok(Reply {
             subscribe: Some(result),
@@ -241,14 +233,45 @@ impl Session {
         let recoverable = history && (p.recoverable || p.recover || opts.force_recovery);
         let positioned = history && (recoverable || p.positioned || opts.force_positioning);
         let join_leave = opts.join_leave && (p.join_leave || opts.force_push_join_leave);
-        node.subscribe(
-            channel,
-            Subscriber {
-                conn: handle.clone(),
-                join_leave,
-            },
-        )
-        .await?;
+        let info = ClientInfo {
+            user: handle.user.to_string(),
+            client: handle.client.to_string(),
+            conn_info,
+            chan_info: p.chan_info.clone(),
+        };
+        // Presence first: with a `max_presence_size` the entry is the admission ticket
+        // (checked and written in one step), so a full channel is refused before
+        // anything else happens.
+        if opts.presence {
+            match node
+                .add_presence(channel, info.clone(), opts.max_presence_size)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    metrics::counter!(crate::metrics::LIMIT_REJECTIONS_TOTAL, "limit" => "presence_size")
+                        .increment(1);
+                    return Err(codes::ERROR_LIMIT_EXCEEDED.into());
+                }
+                // Without a cap presence is best effort; with one, a limit that cannot
+                // be checked refuses the subscription.
+                Err(e) if opts.max_presence_size > 0 => return Err(e.into()),
+                Err(e) => tracing::warn!(cause = %e, channel, "presence add failed"),
+            }
+        }
+        if let Err(e) = node
+            .subscribe(
+                channel,
+                Subscriber {
+                    conn: handle.clone(),
+                    join_leave,
+                },
+            )
+            .await
+        {
+            self.drop_presence(opts, channel, &info.client).await;
+            return Err(e.into());
+        }
 
         let mut res = SubscribeResult {
             recoverable,
@@ -278,6 +301,7 @@ impl Session {
                 Ok(t) => t,
                 Err(e) => {
                     node.unsubscribe(channel, handle.seq).await;
+                    self.drop_presence(opts, channel, &info.client).await;
                     return Err(e.into());
                 }
             };
@@ -289,17 +313,6 @@ impl Session {
         res.expires = expires;
         res.ttl = ttl;
 
-        let info = ClientInfo {
-            user: handle.user.to_string(),
-            client: handle.client.to_string(),
-            conn_info,
-            chan_info: p.chan_info.clone(),
-        };
-        if opts.presence {
-            if let Err(e) = node.add_presence(channel, info.clone()).await {
-                tracing::warn!(cause = %e, channel, "presence add failed");
-            }
-        }
         if opts.join_leave {
             if let Err(e) = node.join(channel, info).await {
                 tracing::warn!(cause = %e, channel, "join publish failed");
@@ -333,6 +346,15 @@ impl Session {
         let (handle, conn_info) = (conn.handle.clone(), conn.conn_info.clone());
         self.release(&handle, &conn_info, channel, &sub).await;
         true
+    }
+
+    /// Takes back the presence entry of a subscription that failed after it was added.
+    async fn drop_presence(&self, opts: &ChannelOptions, channel: &str, client: &str) {
+        if opts.presence {
+            if let Err(e) = self.st.node.remove_presence(channel, client).await {
+                tracing::warn!(cause = %e, channel, "presence remove failed");
+            }
+        }
     }
 
     /// Undoes what `add_subscription` registered.

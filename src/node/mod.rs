@@ -513,8 +513,14 @@ impl Node {
         Ok(self.shared.broker.remove_history(channel).await?)
     }
 
-    pub async fn add_presence(&self, channel: &str, info: ClientInfo) -> Result<(), NodeError> {
-        Ok(self.shared.presence.add(channel, info).await?)
+    /// False when the channel already holds `limit` clients (0 = no limit).
+    pub async fn add_presence(
+        &self,
+        channel: &str,
+        info: ClientInfo,
+        limit: usize,
+    ) -> Result<bool, NodeError> {
+        Ok(self.shared.presence.add(channel, info, limit).await?)
     }
 
     pub async fn remove_presence(&self, channel: &str, client: &str) -> Result<(), NodeError> {

@@ -41,13 +41,22 @@ impl MemoryPresence {
 
 #[async_trait]
 impl PresenceManager for MemoryPresence {
-    async fn add(&self, channel: &str, info: ClientInfo) -> Result<(), PresenceError> {
-        self.shard(channel)
-            .lock()
-            .entry(channel.to_string())
-            .or_default()
-            .insert(info.client.clone(), info);
-        Ok(())
+    async fn add(
+        &self,
+        channel: &str,
+        info: ClientInfo,
+        limit: usize,
+    ) -> Result<bool, PresenceError> {
+        let mut shard = self.shard(channel).lock();
+        let entries = shard.entry(channel.to_string()).or_default();
+        if limit > 0 && entries.len() >= limit && !entries.contains_key(&info.client) {
+            if entries.is_empty() {
+                shard.remove(channel);
+            }
+            return Ok(false);
+        }
+        entries.insert(info.client.clone(), info);
+        Ok(true)
     }
 
     async fn remove(&self, channel: &str, client_id: &str) -> Result<(), PresenceError> {

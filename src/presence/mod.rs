@@ -29,7 +29,15 @@ pub struct PresenceStats {
 
 #[async_trait]
 pub trait PresenceManager: Send + Sync + 'static {
-    async fn add(&self, channel: &str, info: ClientInfo) -> Result<(), PresenceError>;
+    /// Adds (or refreshes) `info`'s entry unless `channel` already holds `limit` other
+    /// clients (0 = no limit); false when full. Check and write are one step, so
+    /// concurrent adds cannot overshoot the limit.
+    async fn add(
+        &self,
+        channel: &str,
+        info: ClientInfo,
+        limit: usize,
+    ) -> Result<bool, PresenceError>;
     async fn remove(&self, channel: &str, client_id: &str) -> Result<(), PresenceError>;
     /// Client id -> info of every client present in `channel`.
     async fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, PresenceError>;
@@ -61,10 +69,10 @@ pub(crate) mod conformance {
     }
 
     pub async fn run_all<P: PresenceManager>(p: P) {
-        p.add("c", info("alice", "1")).await.unwrap();
-        p.add("c", info("alice", "2")).await.unwrap();
-        p.add("c", info("bob", "3")).await.unwrap();
-        p.add("other", info("carol", "4")).await.unwrap();
+        assert!(p.add("c", info("alice", "1"), 0).await.unwrap());
+        assert!(p.add("c", info("alice", "2"), 0).await.unwrap());
+        assert!(p.add("c", info("bob", "3"), 0).await.unwrap());
+        assert!(p.add("other", info("carol", "4"), 0).await.unwrap());
         let m = p.presence("c").await.unwrap();
         assert_eq!(m.len(), 3);
         assert_eq!(m["3"].user, "bob");
@@ -90,11 +98,31 @@ pub(crate) mod conformance {
         assert_eq!(p.stats("nobody").await.unwrap(), PresenceStats::default());
         // A re-add replaces the entry (info refreshed), it does not count twice.
         let mut again = info("dave", "5");
-        p.add("d", again.clone()).await.unwrap();
+        assert!(p.add("d", again.clone(), 1).await.unwrap());
         again.chan_info = bytes::Bytes::from_static(b"{}");
-        p.add("d", again.clone()).await.unwrap();
+        assert!(
+            p.add("d", again.clone(), 1).await.unwrap(),
+            "a client already present is refreshed even at the limit"
+        );
         assert_eq!(p.presence("d").await.unwrap()["5"], again);
         assert_eq!(p.stats("d").await.unwrap().num_clients, 1);
+
+        // The channel limit: full at 2 clients, per channel, room again after a remove.
+        assert!(p.add("full", info("gina", "6"), 2).await.unwrap());
+        assert!(p.add("full", info("gina", "7"), 2).await.unwrap());
+        assert!(!p.add("full", info("hal", "8"), 2).await.unwrap(), "full");
+        assert!(!p.presence("full").await.unwrap().contains_key("8"));
+        assert!(
+            p.add("full", info("hal", "8"), 0).await.unwrap(),
+            "0 = none"
+        );
+        p.remove("full", "8").await.unwrap();
+        p.remove("full", "6").await.unwrap();
+        assert!(
+            p.add("full", info("hal", "8"), 2).await.unwrap(),
+            "room again"
+        );
+        assert_eq!(p.stats("full").await.unwrap().num_clients, 2);
 
         // Per-user connection counts and the limit.
         assert!(p.add_connection("erin", "a", 2).await.unwrap());

@@ -28,6 +28,7 @@ use crate::protocol::messages::ClientInfo;
 
 const READ_LUA: &str = include_str!("lua/presence_read.lua");
 const CONNECTION_ADD_LUA: &str = include_str!("lua/connection_add.lua");
+const ADD_LUA: &str = include_str!("lua/presence_add.lua");
 const SHARDS: usize = 32;
 /// Entries written per pipeline when refreshing.
 const REFRESH_BATCH: usize = 500;
@@ -73,6 +74,7 @@ struct Inner {
     local: Local,
     read_script: redis::Script,
     connection_add_script: redis::Script,
+    add_script: redis::Script,
 }
 
 pub struct RedisPresence {
@@ -94,6 +96,7 @@ impl RedisPresence {
             },
             read_script: redis::Script::new(READ_LUA),
             connection_add_script: redis::Script::new(CONNECTION_ADD_LUA),
+            add_script: redis::Script::new(ADD_LUA),
         });
         let stop = CancellationToken::new();
         tokio::spawn(refresh_loop(inner.clone(), stop.clone()));
@@ -303,22 +306,41 @@ async fn refresh_loop(inner: Arc<Inner>, stop: CancellationToken) {
 impl PresenceManager for RedisPresence {
     /// Remembered before writing, so that an entry added during an outage reaches
     /// Redis at the next refresh.
-    async fn add(&self, channel: &str, info: ClientInfo) -> Result<(), PresenceError> {
+    async fn add(
+        &self,
+        channel: &str,
+        info: ClientInfo,
+        limit: usize,
+    ) -> Result<bool, PresenceError> {
         let me = &self.inner;
-        me.local
-            .presence(channel)
-            .lock()
-            .entry(channel.to_string())
-            .or_default()
-            .insert(info.client.clone(), info.clone());
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        me.write_entry(&mut pipe, channel, &info, me.expires_at());
+        let (data, expiry, users) = me.presence_keys(channel);
+        let mut inv = me.add_script.prepare_invoke();
+        inv.key(data)
+            .key(expiry)
+            .key(users)
+            .arg(&info.client)
+            .arg(info.encode_to_vec())
+            .arg(&info.user)
+            .arg(me.expires_at())
+            .arg(limit)
+            .arg(r::now_ms())
+            .arg(me.ttl.as_millis() as u64);
         let mut conn = me.redis.shard_for(channel).conn.clone();
-        me.redis
-            .run("presence", pipe.query_async::<()>(&mut conn))
+        let added: i64 = me
+            .redis
+            .run("presence", inv.invoke_async(&mut conn))
             .await
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        if added == 1 {
+            // The refresher rewrites what this map holds: only what Redis accepted.
+            me.local
+                .presence(channel)
+                .lock()
+                .entry(channel.to_string())
+                .or_default()
+                .insert(info.client.clone(), info);
+        }
+        Ok(added == 1)
     }
 
     async fn remove(&self, channel: &str, client_id: &str) -> Result<(), PresenceError> {
@@ -505,8 +527,8 @@ mod tests {
             client: c.into(),
             ..Default::default()
         };
-        a.add("room", info("alice", "1")).await.unwrap();
-        b.add("room", info("bob", "2")).await.unwrap();
+        assert!(a.add("room", info("alice", "1"), 0).await.unwrap());
+        assert!(b.add("room", info("bob", "2"), 0).await.unwrap());
         assert!(a.add_connection("alice", "1", 1).await.unwrap());
         assert!(
             !b.add_connection("alice", "9", 1).await.unwrap(),
@@ -540,6 +562,7 @@ mod tests {
                 client: "1".into(),
                 ..Default::default()
             },
+            0,
         )
         .await
         .unwrap();
