@@ -50,9 +50,6 @@ impl PresenceManager for MemoryPresence {
         let mut shard = self.shard(channel).lock();
         let entries = shard.entry(channel.to_string()).or_default();
         if limit > 0 && entries.len() >= limit && !entries.contains_key(&info.client) {
-            if entries.is_empty() {
-                shard.remove(channel);
-            }
             return Ok(false);
         }
         entries.insert(info.client.clone(), info);
