@@ -244,15 +244,21 @@ fn query_pubs(
     channel: &str,
     bound: i64,
     limit: i64,
+    top: i64,
 ) -> rusqlite::Result<Vec<Publication>> {
     let mut stmt = c.prepare_cached(sql)?;
-    let rows = stmt.query_map(params![channel, bound, limit], |r| {
+    let rows = stmt.query_map(params![channel, bound, limit, top], |r| {
         decode_row(r.get(0)?, r.get(1)?)
     })?;
     rows.collect()
 }
 
 /// Reads a page of history. Runs on a read connection.
+///
+/// Only up to `top`, the position read before: appends may commit between the two
+/// reads, and a page reaching past the position it is answered with would make a
+/// recovering subscriber get those publications twice (in the page, and live, since
+/// the session drops live ones only up to that position).
 fn read_history(
     c: &Connection,
     channel: &str,
@@ -266,12 +272,15 @@ fn read_history(
     if limit == 0 {
         return Ok(Vec::new());
     }
-    let q = |sql: &str, bound: i64| query_pubs(c, sql, channel, bound, limit).map_err(unavailable);
+    let top_offset = top.offset.min(i64::MAX as u64) as i64;
+    let q = |sql: &str, bound: i64| {
+        query_pubs(c, sql, channel, bound, limit, top_offset).map_err(unavailable)
+    };
     match (&filter.since, filter.reverse) {
         (Some(since), _) if since.epoch != top.epoch => Err(StoreError::UnrecoverablePosition),
         (Some(since), false) => {
             let pubs = q(
-                "SELECT offset, body FROM messages WHERE channel = ?1 AND offset > ?2 ORDER BY offset ASC LIMIT ?3",
+                "SELECT offset, body FROM messages WHERE channel = ?1 AND offset > ?2 AND offset <= ?4 ORDER BY offset ASC LIMIT ?3",
                 since.offset as i64,
             )?;
             // Everything after `since` must still be there, or there is a gap.
@@ -283,15 +292,15 @@ fn read_history(
             }
         }
         (Some(since), true) => q(
-            "SELECT offset, body FROM messages WHERE channel = ?1 AND offset < ?2 ORDER BY offset DESC LIMIT ?3",
+            "SELECT offset, body FROM messages WHERE channel = ?1 AND offset < ?2 AND offset <= ?4 ORDER BY offset DESC LIMIT ?3",
             since.offset as i64,
         ),
         (None, false) => q(
-            "SELECT offset, body FROM messages WHERE channel = ?1 AND offset > ?2 ORDER BY offset ASC LIMIT ?3",
+            "SELECT offset, body FROM messages WHERE channel = ?1 AND offset > ?2 AND offset <= ?4 ORDER BY offset ASC LIMIT ?3",
             0,
         ),
         (None, true) => q(
-            "SELECT offset, body FROM messages WHERE channel = ?1 AND offset > ?2 ORDER BY offset DESC LIMIT ?3",
+            "SELECT offset, body FROM messages WHERE channel = ?1 AND offset > ?2 AND offset <= ?4 ORDER BY offset DESC LIMIT ?3",
             0,
         ),
     }
@@ -919,6 +928,55 @@ mod tests {
         );
         let got: Vec<(u64, &[u8])> = pubs.iter().map(|p| (p.offset, &p.data[..])).collect();
         assert_eq!(got, vec![(1, b"a".as_slice()), (2, b"b".as_slice())]);
+    }
+
+    /// A page never reaches past the position it is answered with: appends that commit
+    /// after the position was read (here 4 and 5, after a `top` of 3) are left to live
+    /// delivery, in every direction. A recovering subscriber got 404 twice without this
+    /// (tests/sdk durable.test.mjs under load).
+    #[tokio::test]
+    async fn pages_stop_at_the_position_read_before_them() {
+        let (s, _dir) = temp_store();
+        let r = Retention::default();
+        for o in 1..=5 {
+            let p = Publication {
+                data: Bytes::from_static(b"{}"),
+                offset: o,
+                ..Default::default()
+            };
+            s.append_at("c", "e", p, r).await.unwrap();
+        }
+        let top = StreamPosition {
+            offset: 3,
+            epoch: "e".into(),
+        };
+        let since = |o: u64| {
+            Some(StreamPosition {
+                offset: o,
+                epoch: "e".into(),
+            })
+        };
+        let cases = [
+            (since(1), false, vec![2, 3]),
+            (since(5), true, vec![3, 2, 1]),
+            (None, false, vec![1, 2, 3]),
+            (None, true, vec![3, 2, 1]),
+        ];
+        for (since, reverse, want) in cases {
+            let filter = HistoryFilter {
+                since: since.clone(),
+                limit: None,
+                reverse,
+            };
+            let top = top.clone();
+            let got = s
+                .read(move |c| Ok(read_history(c, "c", &filter, &top)))
+                .await
+                .unwrap()
+                .unwrap();
+            let offsets: Vec<u64> = got.iter().map(|p| p.offset).collect();
+            assert_eq!(offsets, want, "since {since:?} reverse {reverse}");
+        }
     }
 
     #[tokio::test]
