@@ -195,6 +195,7 @@ pub async fn run(
         &config,
         redis.clone(),
     ));
+    let push_redis = redis.clone();
     let cluster = match redis {
         Some(redis) => Some(
             crate::cluster::Cluster::start(node.clone(), redis, &config.broker)
@@ -206,7 +207,7 @@ pub async fn run(
     // Kafka: egress observes the node's publications; ingest calls the server API.
     let mut kafka = crate::kafka::Kafka::start(&config.kafka, &node)?;
     // Push hooks into the node's publications; it stops after the clients are gone.
-    let push = crate::push::service::start(&config, &node)
+    let push = crate::push::service::start(&config, &node, push_redis)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let verifier = Arc::new(

@@ -84,6 +84,10 @@ pub struct PushConfig {
     #[serde(deserialize_with = "duration")]
     pub ttl: Duration,
     pub fallback_queue_len: usize,
+    /// Cluster mode: how long a push a node took may stay unacknowledged before another
+    /// node takes it over (longer than a provider request can take).
+    #[serde(deserialize_with = "duration")]
+    pub visibility_timeout: Duration,
     pub apns: ApnsConfig,
     pub fcm: FcmConfig,
 }
@@ -122,6 +126,9 @@ impl PushConfig {
         }
         if self.fallback_queue_len == 0 {
             return Err(bad("push.fallback_queue_len", "must be positive"));
+        }
+        if self.visibility_timeout < Duration::from_millis(100) {
+            return Err(bad("push.visibility_timeout", "must be at least 100ms"));
         }
         if self.backoff_min.is_zero() || self.backoff_min > self.backoff_max {
             return Err(bad(

@@ -156,7 +156,7 @@ pub async fn device_remove(node: &Node, r: RemoveReq) -> Result<Value, ApiError>
         users: r.users,
         ..Default::default()
     };
-    s.store().remove(&filter).await?;
+    s.remove_devices(&filter).await?;
     Ok(json!({}))
 }
 

@@ -127,7 +127,7 @@ impl Session {
                 ids,
                 ..Default::default()
             };
-            svc.store().remove(&filter).await.map_err(store_error)?
+            svc.remove_devices(&filter).await.map_err(store_error)?
         };
         Ok(to_bytes(json!({"removed": removed})))
     }

@@ -73,7 +73,7 @@ impl Platform {
 }
 
 /// A registered device.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Device {
     pub id: String,
     pub user: String,

@@ -4,8 +4,9 @@
 //!
 //! A job leaves the queue only after its outcome is known (delivered, given up on, or
 //! its token removed), so a crash re-sends what was in flight: at-least-once. The
-//! in-flight set lives in memory because this process is the queue's only consumer; a
-//! restart starts with it empty, so everything still queued is due again at once.
+//! in-flight set lives in memory and only keeps this process from taking its own sends
+//! twice; which node may take a job is the queue's business (the SQLite queue has one
+//! consumer, the Redis queue hands each entry to one node of its consumer group).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::queue::PushQueue;
 use super::{now_ms, Finish, Job, Provider, PushProvider, PushStore, SendError};
 use crate::metrics as m;
 
@@ -75,19 +77,22 @@ pub struct Dispatcher {
     cancel: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Sends in flight, all providers: read by `idle()`.
-    inflight: Arc<parking_lot::Mutex<HashSet<i64>>>,
+    inflight: Arc<parking_lot::Mutex<HashSet<String>>>,
 }
 
 struct Shared {
+    queue: Arc<dyn PushQueue>,
+    /// Devices: a dead token's are removed.
     store: Arc<dyn PushStore>,
     cfg: DispatchConfig,
     cancel: CancellationToken,
-    inflight: Arc<parking_lot::Mutex<HashSet<i64>>>,
+    inflight: Arc<parking_lot::Mutex<HashSet<String>>>,
 }
 
 impl Dispatcher {
     /// Starts one loop per sender and the queue-depth gauge.
     pub fn start(
+        queue: Arc<dyn PushQueue>,
         store: Arc<dyn PushStore>,
         senders: Vec<Arc<dyn PushProvider>>,
         cfg: DispatchConfig,
@@ -100,6 +105,7 @@ impl Dispatcher {
             .collect();
         let waker = Waker(Arc::new(notifies));
         let shared = Arc::new(Shared {
+            queue,
             store,
             cfg,
             cancel: cancel.clone(),
@@ -124,7 +130,7 @@ impl Dispatcher {
     }
 
     /// The ids of jobs being sent (empty when the dispatcher is idle).
-    pub fn inflight(&self) -> Arc<parking_lot::Mutex<HashSet<i64>>> {
+    pub fn inflight(&self) -> Arc<parking_lot::Mutex<HashSet<String>>> {
         self.inflight.clone()
     }
 
@@ -157,7 +163,7 @@ impl Shared {
             let busy = self.cfg.concurrency - free;
             if free > 0 && (busy == 0 || free >= refill_at) {
                 let skip = self.inflight.lock().clone();
-                match self.store.due(p, now_ms(), free, skip).await {
+                match self.queue.due(p, now_ms(), free, skip).await {
                     Ok((jobs, next)) => {
                         let fresh: Vec<Job> = {
                             let inflight = self.inflight.lock();
@@ -171,7 +177,7 @@ impl Shared {
                                 let Ok(permit) = sem.clone().try_acquire_owned() else {
                                     break;
                                 };
-                                self.inflight.lock().insert(job.id);
+                                self.inflight.lock().insert(job.id.clone());
                                 let (me, s, w) = (self.clone(), sender.clone(), wake.clone());
                                 sends.spawn(async move { me.send_one(s, job, permit, w).await });
                             }
@@ -234,6 +240,9 @@ impl Shared {
                     }
                     Err(e) => tracing::warn!(cause = %e, "push token removal failed"),
                 }
+                if let Err(e) = self.queue.forget_token(p, &job.token).await {
+                    tracing::warn!(cause = %e, "dropping a dead token's pushes failed");
+                }
                 Finish::Done
             }
             Err(SendError::Retry { reason, after }) => {
@@ -260,18 +269,19 @@ impl Shared {
                 Finish::Done
             }
         };
-        if let Err(e) = self.store.finish(vec![(job.id, finish)]).await {
+        let id = job.id.clone();
+        if let Err(e) = self.queue.finish(vec![(job, finish)]).await {
             // The job stays queued as it was and is sent again: at-least-once.
             tracing::warn!(cause = %e, "push job outcome not recorded");
         }
-        self.inflight.lock().remove(&job.id);
+        self.inflight.lock().remove(&id);
         drop(permit);
         wake.notify_one();
     }
 
     async fn depth_gauge(self: Arc<Self>) {
         loop {
-            if let Ok(depths) = self.store.depth().await {
+            if let Ok(depths) = self.queue.depth().await {
                 for p in Provider::ALL {
                     let n = depths.iter().find(|(q, _)| *q == p).map_or(0, |(_, n)| *n);
                     metrics::gauge!(m::PUSH_QUEUE_DEPTH, "provider" => p.as_str()).set(n as f64);

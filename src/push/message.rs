@@ -70,7 +70,9 @@ pub struct NewJob {
 /// A queued job.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Job {
-    pub id: i64,
+    /// Opaque to the dispatcher, unique among jobs in the queue: the row id (SQLite),
+    /// the stream entry and job ids (Redis).
+    pub id: String,
     pub device_id: String,
     pub provider: Provider,
     pub token: String,

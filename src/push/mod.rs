@@ -10,9 +10,12 @@
 //!                                          outcome: delete | reschedule | remove token
 //! ```
 //!
-//! - [`PushStore`]: devices, mutes and the queue; embedded implementation in
-//!   `store::push_sqlite` (its own SQLite file, so its commits never wait on the message
-//!   store's writer).
+//! - [`PushStore`]: devices and mutes; embedded implementation in `store::push_sqlite`
+//!   (its own SQLite file, so its commits never wait on the message store's writer),
+//!   cluster implementation in `redis_devices` (shared by every node).
+//! - [`queue::PushQueue`]: the durable queue; a table of the same SQLite file when
+//!   embedded, a Redis stream with a consumer group in cluster mode (`redis_queue`), so
+//!   that each push is sent by exactly one node.
 //! - [`PushProvider`]: one sender per provider; a send ends in `Ok` or a [`SendError`]
 //!   whose variant tells the dispatcher what to do.
 //! - [`service::PushService`]: the handle the server API and the gateway use.
@@ -25,11 +28,16 @@ pub mod fallback;
 pub mod fcm;
 mod http;
 pub mod message;
+pub mod queue;
+pub mod redis_devices;
+pub mod redis_queue;
 pub mod service;
 pub mod template;
 
 #[cfg(test)]
 pub(crate) mod conformance;
+#[cfg(test)]
+pub(crate) mod queue_conformance;
 
 use std::time::Duration;
 
@@ -93,7 +101,7 @@ pub enum Finish {
     Retry { due_ms: i64, attempts: u32 },
 }
 
-/// Devices, per-conversation mutes and the durable queue of pushes.
+/// Devices and per-conversation mutes. The queue of pushes is a [`queue::PushQueue`].
 #[async_trait]
 pub trait PushStore: Send + Sync + 'static {
     /// Registers a device, or updates the one with the same id or the same provider and
@@ -106,9 +114,10 @@ pub trait PushStore: Send + Sync + 'static {
         filter: &DeviceFilter,
         update: &DeviceUpdate,
     ) -> Result<u64, PushStoreError>;
-    /// Removes the devices matching `filter` (ids and users only) and their queued jobs.
+    /// Removes the devices matching `filter` (ids and users only); a backend that is
+    /// also the queue drops their queued jobs in the same transaction.
     async fn remove(&self, filter: &DeviceFilter) -> Result<u64, PushStoreError>;
-    /// Removes a dead token wherever it is registered, and its queued jobs.
+    /// Removes a dead token wherever it is registered (and, as above, its queued jobs).
     async fn remove_token(&self, provider: Provider, token: &str) -> Result<u64, PushStoreError>;
     /// Devices matching `filter`, ordered by id, after `cursor` (an id; "" = start).
     async fn list(
@@ -128,21 +137,6 @@ pub trait PushStore: Send + Sync + 'static {
     async fn unmute(&self, user: &str, channel: &str) -> Result<(), PushStoreError>;
     /// Which of `users` have `channel` muted now.
     async fn muted(&self, users: &[String], channel: &str) -> Result<Vec<String>, PushStoreError>;
-    /// Adds jobs to the queue, due now; durable when this returns.
-    async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<u64, PushStoreError>;
-    /// Up to `limit` jobs of `provider` due at `now_ms`, oldest first, leaving out the
-    /// ids in `skip` (sends in flight), and the due time of the next job not due yet.
-    async fn due(
-        &self,
-        provider: Provider,
-        now_ms: i64,
-        limit: usize,
-        skip: std::collections::HashSet<i64>,
-    ) -> Result<(Vec<Job>, Option<i64>), PushStoreError>;
-    /// Records how jobs ended (deleted or rescheduled), in one transaction.
-    async fn finish(&self, done: Vec<(i64, Finish)>) -> Result<(), PushStoreError>;
-    /// Queued jobs per provider.
-    async fn depth(&self) -> Result<Vec<(Provider, u64)>, PushStoreError>;
 }
 
 /// Unix time in milliseconds.

@@ -12,7 +12,10 @@ use super::apns::ApnsSender;
 use super::dispatcher::{DispatchConfig, Dispatcher, Waker};
 use super::fallback::Fallback;
 use super::fcm::FcmSender;
+use super::queue::PushQueue;
+use super::redis_queue::RedisQueue;
 use super::{Device, DeviceFilter, NewJob, Provider, PushProvider, PushStore, PushStoreError};
+use crate::cluster::redis::Redis;
 use crate::config::Config;
 use crate::metrics as m;
 use crate::node::Node;
@@ -41,11 +44,12 @@ const PAGE: usize = 1000;
 /// What the API, the gateway and the fallback share.
 pub struct PushService {
     store: Arc<dyn PushStore>,
+    queue: Arc<dyn PushQueue>,
     providers: Vec<Provider>,
     waker: Waker,
     ttl: Duration,
     /// The dispatcher's sends in flight.
-    inflight: Arc<parking_lot::Mutex<std::collections::HashSet<i64>>>,
+    inflight: Arc<parking_lot::Mutex<std::collections::HashSet<String>>>,
     /// Publications handed to the fallback and not resolved yet.
     pub(super) pending: std::sync::atomic::AtomicUsize,
 }
@@ -104,7 +108,7 @@ impl PushService {
         for j in &jobs {
             *per.entry(j.provider).or_default() += 1;
         }
-        let n = self.store.enqueue(jobs).await?;
+        let n = self.queue.enqueue(jobs).await?;
         for (p, k) in per {
             metrics::counter!(m::PUSH_QUEUED_TOTAL, "provider" => p.as_str(), "source" => source)
                 .increment(k);
@@ -119,7 +123,22 @@ impl PushService {
         if self.pending.load(Ordering::SeqCst) > 0 || !self.inflight.lock().is_empty() {
             return false;
         }
-        matches!(self.store.depth().await, Ok(d) if d.iter().all(|(_, n)| *n == 0))
+        matches!(self.queue.depth().await, Ok(d) if d.iter().all(|(_, n)| *n == 0))
+    }
+
+    /// Removes the devices matching `filter` (ids and users only) and drops their
+    /// queued pushes; returns how many devices went.
+    pub async fn remove_devices(&self, filter: &DeviceFilter) -> Result<u64, PushStoreError> {
+        let gone = if filter.is_empty() {
+            Vec::new()
+        } else {
+            self.devices(filter.clone()).await?
+        };
+        let n = self.store.remove(filter).await?;
+        for d in gone {
+            self.queue.forget_token(d.provider, &d.token).await?;
+        }
+        Ok(n)
     }
 }
 
@@ -142,10 +161,15 @@ impl PushRuntime {
     }
 }
 
-/// Starts push for `node` when a provider is configured: opens `store.path/push.db`,
+/// Starts push for `node` when a provider is configured: opens the device registry and
+/// the queue (`store.path/push.db`; in cluster mode, given `redis`, both in Redis),
 /// builds the senders (failing on unreadable keys), starts the dispatcher and hooks the
 /// fallback into the node's publications.
-pub async fn start(config: &Config, node: &Node) -> Result<Option<PushRuntime>, SetupError> {
+pub async fn start(
+    config: &Config,
+    node: &Node,
+    redis: Option<Arc<Redis>>,
+) -> Result<Option<PushRuntime>, SetupError> {
     let push = &config.push;
     if !push.enabled() {
         return Ok(None);
@@ -157,17 +181,33 @@ pub async fn start(config: &Config, node: &Node) -> Result<Option<PushRuntime>, 
     if !push.fcm.service_account_file.is_empty() {
         senders.push(Arc::new(FcmSender::from_config(&push.fcm)?));
     }
-    let path = std::path::Path::new(&config.store.path).join("push.db");
-    let store = SqlitePushStore::open(PushSqliteOptions {
-        path: path.clone(),
-        sync_full: config.store.sync != "normal",
-    })
-    .map_err(|e| SetupError::new("store.path", e))?;
-    let store: Arc<dyn PushStore> = Arc::new(store);
+    let (store, queue, place): (Arc<dyn PushStore>, Arc<dyn PushQueue>, String) = match redis {
+        Some(redis) => {
+            let queue = RedisQueue::new(redis.clone(), node.uid(), push.visibility_timeout);
+            let devices = super::redis_devices::RedisDevices::new(redis);
+            (Arc::new(devices), Arc::new(queue), "redis".into())
+        }
+        None => {
+            let path = std::path::Path::new(&config.store.path).join("push.db");
+            let store = SqlitePushStore::open(PushSqliteOptions {
+                path: path.clone(),
+                sync_full: config.store.sync != "normal",
+            })
+            .map_err(|e| SetupError::new("store.path", e))?;
+            let store = Arc::new(store);
+            (store.clone(), store, path.display().to_string())
+        }
+    };
     let providers: Vec<Provider> = senders.iter().map(|s| s.provider()).collect();
-    let dispatcher = Dispatcher::start(store.clone(), senders, DispatchConfig::from_config(push));
+    let dispatcher = Dispatcher::start(
+        queue.clone(),
+        store.clone(),
+        senders,
+        DispatchConfig::from_config(push),
+    );
     let service = Arc::new(PushService {
         store,
+        queue,
         providers: providers.clone(),
         waker: dispatcher.waker(),
         ttl: push.ttl,
@@ -188,7 +228,7 @@ pub async fn start(config: &Config, node: &Node) -> Result<Option<PushRuntime>, 
     }
     metrics::counter!(m::PUSH_FALLBACK_DROPPED_TOTAL).absolute(0);
     tracing::info!(
-        path = %path.display(),
+        queue = %place,
         providers = ?providers.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
         "push notifications on"
     );

@@ -21,6 +21,7 @@ use rusqlite::types::Value as Sql;
 use rusqlite::{params, params_from_iter, Connection};
 use tokio::sync::oneshot;
 
+use crate::push::queue::PushQueue;
 use crate::push::{
     now_ms, Device, DeviceFilter, DevicePage, DeviceUpdate, Finish, Job, NewDevice, NewJob,
     Notification, Provider, PushStore, PushStoreError,
@@ -162,7 +163,7 @@ fn due(
     provider: Provider,
     now: i64,
     limit: usize,
-    skip: &HashSet<i64>,
+    skip: &HashSet<String>,
 ) -> Result<(Vec<Job>, Option<i64>), PushStoreError> {
     let p = provider.as_str();
     // Rows in flight are read (they are still due) but not decoded; ask for enough
@@ -179,12 +180,12 @@ fn due(
         .collect::<rusqlite::Result<_>>()?;
     let mut jobs = Vec::with_capacity(limit.min(rows.len()));
     for (id, device_id, token, body, attempts) in rows {
-        if skip.contains(&id) || jobs.len() >= limit {
+        if skip.contains(&id.to_string()) || jobs.len() >= limit {
             continue;
         }
         match serde_json::from_str::<Notification>(&body) {
             Ok(notification) => jobs.push(Job {
-                id,
+                id: id.to_string(),
                 device_id,
                 provider,
                 token,
@@ -335,7 +336,12 @@ impl PushStore for SqlitePushStore {
         }
         Ok(out)
     }
+}
 
+/// The queue's table in the same file: removing a device drops its jobs in the same
+/// transaction.
+#[async_trait]
+impl PushQueue for SqlitePushStore {
     async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<u64, PushStoreError> {
         if jobs.is_empty() {
             return Ok(0);
@@ -361,15 +367,17 @@ impl PushStore for SqlitePushStore {
         provider: Provider,
         now_ms: i64,
         limit: usize,
-        skip: HashSet<i64>,
+        skip: HashSet<String>,
     ) -> Result<(Vec<Job>, Option<i64>), PushStoreError> {
         self.op(move |c| due(c, provider, now_ms, limit, &skip))
             .await
     }
 
-    async fn finish(&self, done: Vec<(i64, Finish)>) -> Result<(), PushStoreError> {
+    async fn finish(&self, done: Vec<(Job, Finish)>) -> Result<(), PushStoreError> {
         self.op(move |c| {
-            for (id, f) in &done {
+            for (job, f) in &done {
+                // Ids this store did not hand out match no row.
+                let id: i64 = job.id.parse().unwrap_or(-1);
                 match f {
                     Finish::Done => {
                         c.prepare_cached("DELETE FROM push_queue WHERE id = ?1")?
@@ -404,6 +412,18 @@ impl PushStore for SqlitePushStore {
         })
         .await
     }
+
+    async fn forget_token(&self, provider: Provider, token: &str) -> Result<u64, PushStoreError> {
+        let t = token.to_string();
+        self.op(move |c| {
+            let n = c.execute(
+                "DELETE FROM push_queue WHERE provider = ?1 AND token = ?2",
+                params![provider.as_str(), t],
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -419,7 +439,31 @@ mod tests {
         })
         .unwrap();
         crate::push::conformance::run_all(&store).await;
+        crate::push::conformance::queue_with_devices(&store, &store).await;
         drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Each handle opens the file anew, as a restarted process does.
+    #[tokio::test]
+    async fn sqlite_push_queue_passes_conformance() {
+        let dir = std::env::temp_dir().join(format!("herald-pushq-{}", uuid::Uuid::new_v4()));
+        let d = dir.clone();
+        crate::push::queue_conformance::run_all(
+            move |ns: String, _consumer: String| {
+                let path = d.join(format!("{ns}.db"));
+                async move {
+                    let s = SqlitePushStore::open(PushSqliteOptions {
+                        path,
+                        sync_full: false,
+                    })
+                    .unwrap();
+                    std::sync::Arc::new(s) as std::sync::Arc<dyn PushQueue>
+                }
+            },
+            false,
+        )
+        .await;
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
