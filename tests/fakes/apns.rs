@@ -80,7 +80,10 @@ impl FakeApns {
         let s = state.clone();
         let handler: Handler = Arc::new(move |req| {
             let s = s.clone();
-            Box::pin(async move { s.handle(req) })
+            Box::pin(async move {
+                s.log.wait_released().await;
+                s.handle(req)
+            })
         });
         let (addr, task) = ca.serve(handler).await;
         FakeApns {

@@ -86,7 +86,13 @@ impl FakeFcm {
             let s = c.lock().clone();
             Box::pin(async move {
                 match s {
-                    Some(s) => s.handle(req),
+                    Some(s) => {
+                        // Only sends are held: the OAuth token endpoint answers.
+                        if req.path != "/token" {
+                            s.log.wait_released().await;
+                        }
+                        s.handle(req)
+                    }
                     None => json_response(503, &json!({}), &[]),
                 }
             })

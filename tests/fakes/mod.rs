@@ -56,6 +56,9 @@ pub struct Log {
     seen: Mutex<Vec<Seen>>,
     violations: Mutex<Vec<String>>,
     changed: tokio::sync::Notify,
+    /// While set, sends wait before they are answered (a provider that hangs).
+    held: std::sync::atomic::AtomicBool,
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl Log {
@@ -79,6 +82,29 @@ impl Log {
             return r;
         }
         self.default.lock().unwrap_or(Reply::Ok)
+    }
+
+    /// Holds (or releases) every send: a held one is answered after the release, so
+    /// the sender keeps it in flight meanwhile.
+    pub fn hold(&self, on: bool) {
+        self.held.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Sends waiting for a release.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub async fn wait_released(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if !self.held.load(SeqCst) {
+            return;
+        }
+        self.waiting.fetch_add(1, SeqCst);
+        while self.held.load(SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.waiting.fetch_sub(1, SeqCst);
     }
 
     pub fn record(&self, s: Seen) {
