@@ -4,10 +4,9 @@
 
 mod common;
 mod fakes;
+mod push_binary;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::client::cmd;
@@ -15,6 +14,7 @@ use common::{tokens, Client, Wire};
 use fakes::apns::FakeApns;
 use fakes::fcm::FakeFcm;
 use fakes::{Dir, Reply};
+use push_binary::{apns_token, free_port, Herald};
 use serde_json::{json, Value};
 
 const KEY: &str = "e2e-push-key";
@@ -36,134 +36,20 @@ allow_subscribe_for_client = false
 push = true
 "#;
 
-fn apns_token(name: &str) -> String {
-    let hex: String = name.bytes().map(|b| format!("{b:02x}")).collect();
-    format!("{hex:0<64}")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-struct Herald {
-    child: Child,
-    port: u16,
-    http: reqwest::Client,
-}
-
-impl Drop for Herald {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Herald {
-    async fn spawn(port: u16, dir: &Dir, apns: &FakeApns, fcm: &FakeFcm) -> Herald {
-        let config = dir.path().join("herald.toml");
-        std::fs::write(&config, CONFIG).expect("write config");
-        let mut c = Command::new(env!("CARGO_BIN_EXE_herald"));
-        c.arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .env("HERALD_HTTP__ADDR", format!("127.0.0.1:{port}"))
-            .env("HERALD_API__KEY", KEY)
-            .env("HERALD_AUTH__HMAC_SECRET", common::SECRET)
-            .env("HERALD_STORE__PATH", dir.path().join("store"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        for (k, v) in apns.env().into_iter().chain(fcm.env()) {
-            c.env(k, v);
-        }
-        let child = c.spawn().expect("spawn herald");
-        let h = Herald {
-            child,
-            port,
-            http: reqwest::Client::new(),
-        };
-        for _ in 0..300 {
-            let ok = h
-                .http
-                .get(format!("http://127.0.0.1:{port}/health"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ok {
-                return h;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("herald did not become healthy");
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    async fn api(&self, method: &str, body: Value) -> Value {
-        let r = self
-            .http
-            .post(format!("http://127.0.0.1:{}/api/{method}", self.port))
-            .header("X-API-Key", KEY)
-            .json(&body)
-            .send()
-            .await
-            .expect("api call");
-        let v: Value = r.json().await.expect("api json");
-        assert!(v.get("error").is_none(), "{method} {body}: {v}");
-        v["result"].clone()
-    }
-
-    /// Samples of `name` whose labels include every `labels` pair, summed.
-    async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let text = self
-            .http
-            .get(format!("http://127.0.0.1:{}/metrics", self.port))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics text");
-        text.lines()
-            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-            .filter(|l| {
-                labels
-                    .iter()
-                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-
-    /// Waits until `metric` reaches `want` (bounded).
-    async fn wait_metric(&self, name: &str, labels: &[(&str, &str)], want: f64) {
-        for _ in 0..600 {
-            if self.metric(name, labels).await >= want {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("{name}{labels:?} never reached {want}");
-    }
-
-    /// Waits until both queues are empty (the gauge is refreshed every second).
-    async fn wait_drained(&self) {
-        let mut zero = 0;
-        for _ in 0..600 {
-            let d = self.metric("herald_push_queue_depth", &[]).await;
-            zero = if d == 0.0 { zero + 1 } else { 0 };
-            if zero >= 3 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        panic!("push queue never drained");
-    }
+/// Starts the binary with this test's config, a store in `dir` and the fakes' keys.
+async fn spawn(port: u16, dir: &Dir, apns: &FakeApns, fcm: &FakeFcm) -> Herald {
+    let config = dir.path().join("herald.toml");
+    std::fs::write(&config, CONFIG).expect("write config");
+    let mut env: Vec<(String, String)> = vec![
+        ("HERALD_API__KEY".into(), KEY.into()),
+        ("HERALD_AUTH__HMAC_SECRET".into(), common::SECRET.into()),
+        (
+            "HERALD_STORE__PATH".into(),
+            dir.path().join("store").display().to_string(),
+        ),
+    ];
+    env.extend(apns.env().into_iter().chain(fcm.env()));
+    Herald::spawn(port, &config, KEY, &env).await
 }
 
 async fn fakes(dir: &Dir) -> (FakeApns, FakeFcm) {
@@ -177,7 +63,7 @@ async fn fakes(dir: &Dir) -> (FakeApns, FakeFcm) {
 async fn binary_pushes_to_offline_members_only_and_cleans_up() {
     let dir = Dir::new();
     let (apns, fcm) = fakes(&dir).await;
-    let h = Herald::spawn(free_port(), &dir, &apns, &fcm).await;
+    let h = spawn(free_port(), &dir, &apns, &fcm).await;
     h.api(
         "conversation_create",
         json!({"channel": "chat:e2e", "users": ["alice", "bob", "carol", "dave"]}),
@@ -321,7 +207,7 @@ async fn queued_pushes_survive_sigkill() {
     apns.log.set_default(Reply::Unavailable);
     fcm.log.set_default(Reply::Unavailable);
     let port = free_port();
-    let mut h = Herald::spawn(port, &dir, &apns, &fcm).await;
+    let mut h = spawn(port, &dir, &apns, &fcm).await;
     h.api(
         "conversation_create",
         json!({"channel": "chat:r", "users": ["ivy"]}),
@@ -367,7 +253,7 @@ async fn queued_pushes_survive_sigkill() {
 
     apns.log.set_default(Reply::Ok);
     fcm.log.set_default(Reply::Ok);
-    let h = Herald::spawn(port, &dir, &apns, &fcm).await;
+    let h = spawn(port, &dir, &apns, &fcm).await;
     let delivered = |seen: &[fakes::Seen], token: &str, offset: &dyn Fn(&Value) -> Option<u64>| {
         let mut per: BTreeMap<u64, usize> = BTreeMap::new();
         for s in seen
