@@ -51,9 +51,10 @@ pub struct RedisQueue {
     redis: Arc<Redis>,
     consumer: String,
     visibility: Duration,
-    /// When each provider's queue was last searched for abandoned entries: at most a
-    /// few times per visibility timeout, not on every read.
-    last_claim: Mutex<HashMap<Provider, Instant>>,
+    /// When each provider's queue was last searched for abandoned entries (at most a
+    /// few times per visibility timeout, not on every read), and where that scan of
+    /// the pending list stopped.
+    last_claim: Mutex<HashMap<Provider, (Instant, String)>>,
     enqueue: redis::Script,
     due: redis::Script,
     finish: redis::Script,
@@ -100,15 +101,23 @@ impl RedisQueue {
         self.redis.shard_for(&Self::name(p)).conn.clone()
     }
 
-    /// Whether this read should also reclaim abandoned entries.
-    fn claim_now(&self, p: Provider) -> bool {
+    /// Where this read should resume reclaiming abandoned entries, or `None` (not now).
+    fn claim_from(&self, p: Provider) -> Option<String> {
         let every = (self.visibility / 4).min(Duration::from_secs(5));
         let mut last = self.last_claim.lock();
-        let due = last.get(&p).is_none_or(|t| t.elapsed() >= every);
-        if due {
-            last.insert(p, Instant::now());
+        let cursor = match last.get(&p) {
+            Some((t, _)) if t.elapsed() < every => return None,
+            Some((_, c)) => c.clone(),
+            None => "0-0".to_string(),
+        };
+        last.insert(p, (Instant::now(), cursor.clone()));
+        Some(cursor)
+    }
+
+    fn claimed_to(&self, p: Provider, cursor: String) {
+        if let Some(entry) = self.last_claim.lock().get_mut(&p) {
+            entry.1 = cursor;
         }
-        due
     }
 }
 
@@ -162,10 +171,10 @@ impl PushQueue for RedisQueue {
         if limit == 0 {
             return Ok((Vec::new(), None));
         }
-        let idle = if self.claim_now(provider) {
-            self.visibility.as_millis() as i64
-        } else {
-            -1
+        let claim = self.claim_from(provider);
+        let idle = match claim {
+            Some(_) => self.visibility.as_millis() as i64,
+            None => -1,
         };
         let mut inv = self.due.prepare_invoke();
         for k in self.keys(provider) {
@@ -175,7 +184,8 @@ impl PushQueue for RedisQueue {
             .arg(&self.consumer)
             .arg(now_ms)
             .arg(limit)
-            .arg(idle);
+            .arg(idle)
+            .arg(claim.as_deref().unwrap_or("0-0"));
         for id in &skip {
             if let Some((sid, _)) = parse_id(id) {
                 inv.arg(sid);
@@ -187,13 +197,16 @@ impl PushQueue for RedisQueue {
             .run("push_due", inv.invoke_async(&mut conn))
             .await?;
         let a = array(&v)?;
-        let next = match a.first() {
-            Some(n) => Some(int(n)?).filter(|n| *n >= 0),
-            None => return Err(RedisFailure::Reply("empty push_due reply".into()).into()),
+        let (next, cursor) = match a {
+            [n, c, ..] => (Some(int(n)?).filter(|n| *n >= 0), string(c)?),
+            _ => return Err(RedisFailure::Reply("short push_due reply".into()).into()),
         };
+        if claim.is_some() {
+            self.claimed_to(provider, cursor);
+        }
         let mut jobs = Vec::new();
         let mut unreadable = Vec::new();
-        for e in a[1..].chunks(4) {
+        for e in a[2..].chunks(4) {
             let [sid, id, body, tries] = e else {
                 return Err(RedisFailure::Reply("short push_due reply".into()).into());
             };

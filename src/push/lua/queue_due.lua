@@ -3,8 +3,10 @@
 -- KEYS[4] tries hash (job id -> attempts)
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] now (ms), ARGV[4] limit,
 -- ARGV[5] visibility timeout in ms, or -1 not to reclaim this time,
--- ARGV[6..] stream ids this consumer has in flight (not handed out again)
--- Returns {next due ms or -1, then per job: stream id, job id, body, attempts}.
+-- ARGV[6] where the previous reclaim scan stopped ('0-0' = from the start),
+-- ARGV[7..] stream ids this consumer has in flight (not handed out again)
+-- Returns {next due ms or -1, where this reclaim scan stopped, then per job: stream id,
+-- job id, body, attempts}.
 local stream, jobs, delay, tries = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group, consumer = ARGV[1], ARGV[2]
 local limit = tonumber(ARGV[4])
@@ -23,12 +25,15 @@ end
 redis.pcall('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')
 
 local skip = {}
-for i = 6, #ARGV do skip[ARGV[i]] = true end
+for i = 7, #ARGV do skip[ARGV[i]] = true end
 local entries = {}
+local cursor = ARGV[6]
 if idle >= 0 then
   -- Entries a consumer took and never acknowledged (it died, or could not record the
   -- outcome) for longer than the visibility timeout.
-  local r = redis.call('XAUTOCLAIM', stream, group, consumer, idle, '0-0', 'COUNT', limit)
+  -- Each call scans a bounded part of the pending list; the next goes on from there.
+  local r = redis.call('XAUTOCLAIM', stream, group, consumer, idle, cursor, 'COUNT', limit)
+  cursor = r[1]
   for _, e in ipairs(r[2]) do
     if not skip[e[1]] then table.insert(entries, e) end
   end
@@ -50,7 +55,7 @@ if #entries < limit then
   end
 end
 
-local out = {-1}
+local out = {-1, cursor}
 for _, e in ipairs(entries) do
   local sid, fields = e[1], e[2]
   local id = fields and fields[2]
