@@ -11,6 +11,8 @@
 //! - `publish_to_push_latency`: 2,000 publications at 200/s into a conversation whose
 //!   one other member is offline with an APNs device; latency from before the publish
 //!   call to the fake receiving the push; p50, p99, max.
+//! - `..._cluster`: the same in cluster mode (`broker.kind = "redis"` on a throwaway
+//!   `redis-server`): devices in Redis, the queue a Redis stream with a consumer group.
 
 #[allow(unused_imports)]
 mod common;
@@ -23,6 +25,7 @@ use common::{Api, Server};
 use fakes::apns::FakeApns;
 use fakes::fcm::FakeFcm;
 use fakes::Dir;
+use herald::cluster::testing::RedisServer;
 use serde_json::json;
 
 const TOML: &str = r#"
@@ -43,7 +46,8 @@ fn apns_token(i: usize) -> String {
     format!("{i:064x}")
 }
 
-async fn setup() -> (Server, FakeApns, FakeFcm, Dir) {
+/// Herald (in cluster mode when `redis` is given) and the fakes.
+async fn setup(redis: Option<&RedisServer>) -> (Server, FakeApns, FakeFcm, Dir) {
     let dir = Dir::new();
     let apns = FakeApns::start(dir.path()).await;
     let fcm_dir = dir.path().join("fcm");
@@ -52,6 +56,10 @@ async fn setup() -> (Server, FakeApns, FakeFcm, Dir) {
     let mut env: Vec<(String, String)> = vec![("HERALD_STORE__PATH".into(), dir.str().into())];
     env.extend(apns.env());
     env.extend(fcm.env());
+    if let Some(r) = redis {
+        env.push(("HERALD_BROKER__KIND".into(), "redis".into()));
+        env.push(("HERALD_BROKER__REDIS_URL".into(), r.url()));
+    }
     let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let srv = Server::start_config(TOML, &pairs);
     (srv, apns, fcm, dir)
@@ -87,9 +95,20 @@ async fn wait_count(log: &fakes::Log, n: usize, limit: Duration) -> Instant {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn sustained_pushes_per_provider() {
+    sustained(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn sustained_pushes_per_provider_cluster() {
+    let redis = RedisServer::start();
+    sustained(Some(&redis)).await;
+}
+
+async fn sustained(redis: Option<&RedisServer>) {
     const DEVICES: usize = 1000;
     const ROUNDS: usize = 20;
-    let (srv, apns, fcm, _dir) = setup().await;
+    let (srv, apns, fcm, _dir) = setup(redis).await;
     let api = srv.api();
     register_many(
         &api,
@@ -124,7 +143,8 @@ async fn sustained_pushes_per_provider() {
         let done = wait_count(log, before + total, Duration::from_secs(300)).await;
         let secs = done.duration_since(t0).as_secs_f64();
         println!(
-            "push_bench {name}: {total} pushes in {secs:.2} s = {:.0} pushes/s (queueing took {:.2} s)",
+            "push_bench {name}{}: {total} pushes in {secs:.2} s = {:.0} pushes/s (queueing took {:.2} s)",
+            if redis.is_some() { " (cluster)" } else { "" },
             total as f64 / secs,
             queued.as_secs_f64()
         );
@@ -144,9 +164,20 @@ async fn sustained_pushes_per_provider() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn publish_to_push_latency() {
+    latency(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn publish_to_push_latency_cluster() {
+    let redis = RedisServer::start();
+    latency(Some(&redis)).await;
+}
+
+async fn latency(redis: Option<&RedisServer>) {
     const N: usize = 2000;
     const RATE: u64 = 200;
-    let (srv, apns, _fcm, _dir) = setup().await;
+    let (srv, apns, _fcm, _dir) = setup(redis).await;
     let api = srv.api();
     api.ok(
         "conversation_create",
@@ -183,7 +214,8 @@ async fn publish_to_push_latency() {
     lat.sort();
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
     println!(
-        "push_bench latency: {} pushes at {RATE}/s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        "push_bench latency{}: {} pushes at {RATE}/s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        if redis.is_some() { " (cluster)" } else { "" },
         lat.len(),
         pct(0.50).as_secs_f64() * 1e3,
         pct(0.99).as_secs_f64() * 1e3,
