@@ -167,7 +167,8 @@ while IFS= read -r line; do
 done <"$tmp/push.env"
 
 # Two nodes of one cluster: they share the Redis, the Kafka consumer group and, as on one
-# host in docs/CLUSTER.md, the store directory (persisted namespaces and push.db).
+# host in docs/CLUSTER.md, the store directory (persisted namespaces; push devices and
+# the push queue are in the Redis).
 # A short queue and write timeout so the slow client of load.py is cut off quickly;
 # short push backoffs so that the fakes' 503 tokens exhaust their attempts in the run.
 start_herald() { # PORT NAME
