@@ -43,7 +43,7 @@ struct Args {
     /// Publish into a persisted namespace (embedded store, sync = "normal").
     #[arg(long)]
     persist: bool,
-    /// kafka.partition_buffer: records fetched ahead before the partition pauses.
+    /// kafka.partition_buffer: records librdkafka fetches ahead of the partition's worker.
     #[arg(long, default_value_t = 1000)]
     partition_buffer: usize,
     /// Tokio worker threads of Herald's runtime (the subscribers get one more).

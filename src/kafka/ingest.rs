@@ -1,10 +1,20 @@
-//! The consumer group: one OS thread polls librdkafka, queues each record for its
-//! partition's worker, and commits what the workers applied.
+//! The consumer group: one OS thread polls librdkafka's consumer queue for rebalance,
+//! statistics and error events, gives each assigned partition's worker that
+//! partition's own librdkafka queue, and commits what the workers applied.
 //!
 //! Why a dedicated thread: librdkafka runs the rebalance, commit and statistics
 //! callbacks inside `poll`, and a revoke must wait for the revoked partitions' workers
 //! to finish their current record before committing. Blocking there is fine on this
 //! thread and would stall an async runtime worker.
+//!
+//! Why a queue per partition (`split_partition_queue`): records stay in librdkafka until
+//! the partition's worker takes them, so librdkafka's own prefetch bound
+//! (`queued.min.messages`, `queued.max.messages.kbytes`, both per partition once the
+//! queues are split) holds a slow partition back without Herald pausing it, and one
+//! partition's backlog never stands in front of another's records. The split is done in
+//! the assign callback, before librdkafka starts fetching: from then on librdkafka never
+//! forwards that partition's records to the consumer queue (it keeps an application's
+//! forwarding, `RD_KAFKA_Q_F_FWD_APP`), and it is done again on every assignment.
 //!
 //! At-least-once: auto-commit and auto offset store are off; the thread commits each
 //! partition's `applied` offset (one past the last record done) every
@@ -13,11 +23,12 @@
 //! after a crash, rebalance or outage the partition's next owner starts from it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
@@ -32,14 +43,21 @@ use super::client;
 use super::commit::{self, Commits};
 use super::dlq::DeadLetters;
 use super::health::{self, KafkaHealth, Role, Status};
-use super::partition::{self, Applier, Partition, Queued};
+use super::partition::{self, Applier, Partition, Source};
 use super::KafkaError;
 use crate::config::KafkaConfig;
 use crate::node::Node;
 
-/// The longest `poll` blocks when no record arrives: bounds how late a stop request, a
-/// resume or a commit is noticed.
+/// The longest `poll` of the consumer queue blocks when no event arrives: bounds how late
+/// a stop request or a commit is noticed.
 const POLL: Duration = Duration::from_millis(20);
+/// How long librdkafka waits before it looks again at a partition whose queue was at its
+/// bound (`fetch.queue.backoff.ms`, 1000 by default). Nothing wakes it when the worker
+/// drains the queue, so a partition applied faster than one bound's worth per backoff
+/// would sit idle for the rest of each backoff; 10 ms keeps a queue of
+/// `partition_buffer` = 1000 records from running dry below 100,000 records/s, for one
+/// cheap check per 10 ms per full partition.
+const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 /// How long a revoke or shutdown waits for a worker's current record.
 const WORKER_STOP_WAIT: Duration = Duration::from_secs(5);
 /// How long a revoke or shutdown waits for the brokers to confirm a commit.
@@ -70,10 +88,9 @@ impl Ingest {
                 permits: Semaphore::new(config.max_in_flight),
                 dlq,
                 backoff_max: config.retry_backoff_max,
-                resumes: Mutex::new(Vec::new()),
             }),
             runtime: Handle::current(),
-            capacity: config.partition_buffer,
+            consumer: OnceLock::new(),
             health: health.clone(),
             partitions: Mutex::new(Vec::new()),
             ever_joined: AtomicBool::new(false),
@@ -88,10 +105,13 @@ impl Ingest {
             // first start are delivered too.
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false");
+        prefetch_bounds(&mut c, config.partition_buffer);
         client::apply_options(&mut c, &config.client_options);
-        let consumer: BaseConsumer<Ctx> = c.create_with_context(Ctx {
+        let consumer: Arc<BaseConsumer<Ctx>> = Arc::new(c.create_with_context(Ctx {
             state: state.clone(),
-        })?;
+        })?);
+        // Weak: the consumer owns the context, which owns `state`.
+        let _ = state.consumer.set(Arc::downgrade(&consumer));
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         for topic in &config.topics {
@@ -134,16 +154,28 @@ impl Drop for Ingest {
     }
 }
 
-fn poll_loop(consumer: BaseConsumer<Ctx>, stop: &AtomicBool, commit_interval: Duration) {
+/// How far librdkafka fetches ahead of a partition's worker: `partition_buffer` records
+/// (`queued.min.messages`) or `partition_buffer` kilobytes (`queued.max.messages.kbytes`,
+/// so 1 KB a record on average), whichever comes first, plus at most one fetch response
+/// (`fetch.message.max.bytes`, 1 MiB). Both apply per partition because each partition
+/// has its own queue. `kafka.client_options` may override any of them.
+fn prefetch_bounds(c: &mut rdkafka::ClientConfig, partition_buffer: usize) {
+    let records = partition_buffer.clamp(1, 10_000_000);
+    let kbytes = partition_buffer.clamp(1, (i32::MAX / 1024) as usize);
+    c.set("queued.min.messages", records.to_string())
+        .set("queued.max.messages.kbytes", kbytes.to_string())
+        .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
+}
+
+fn poll_loop(consumer: Arc<BaseConsumer<Ctx>>, stop: &AtomicBool, commit_interval: Duration) {
     let state = consumer.context().state.clone();
     let mut next_commit = Instant::now() + commit_interval;
     while !stop.load(Ordering::Acquire) {
         match consumer.poll(POLL) {
-            Some(Ok(msg)) => state.dispatch(&consumer, &msg),
+            Some(Ok(msg)) => state.stray(&msg),
             Some(Err(e)) => state.poll_error(&e),
             None => {}
         }
-        state.resume_waiting(&consumer);
         let now = Instant::now();
         if now >= next_commit {
             state.commit_periodic(&consumer);
@@ -152,7 +184,11 @@ fn poll_loop(consumer: BaseConsumer<Ctx>, stop: &AtomicBool, commit_interval: Du
     }
     state.shutdown(&consumer);
     // Dropping the consumer closes it: it leaves the group, so the partitions move to
-    // the other nodes at once instead of after the session timeout.
+    // the other nodes at once instead of after the session timeout. This is the last
+    // strong reference: `shutdown` dropped every partition queue (each holds one).
+    if Arc::strong_count(&consumer) > 1 {
+        tracing::warn!("kafka consumer still referenced at shutdown; it leaves the group late");
+    }
     drop(consumer);
     tracing::info!("kafka ingest stopped");
 }
@@ -161,7 +197,9 @@ fn poll_loop(consumer: BaseConsumer<Ctx>, stop: &AtomicBool, commit_interval: Du
 struct State {
     applier: Arc<Applier>,
     runtime: Handle,
-    capacity: usize,
+    /// Set right after creation; the assign callback needs the `Arc` to split queues
+    /// (it is only handed `&BaseConsumer`).
+    consumer: OnceLock<Weak<BaseConsumer<Ctx>>>,
     health: KafkaHealth,
     /// The assigned partitions. Touched by the poll thread (and its callbacks) only; a
     /// Mutex because the context must be Sync. Never held while calling librdkafka.
@@ -173,12 +211,6 @@ struct State {
     commits: Mutex<Commits>,
 }
 
-fn one(topic: &str, partition: i32) -> TopicPartitionList {
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(topic, partition);
-    tpl
-}
-
 impl State {
     fn find(&self, topic: &str, partition: i32) -> Option<Arc<Partition>> {
         self.partitions
@@ -188,46 +220,27 @@ impl State {
             .cloned()
     }
 
-    /// Registers a partition and starts its worker.
-    fn add(&self, topic: &str, partition: i32) -> Arc<Partition> {
-        let part = Arc::new(Partition::new(topic, partition, self.capacity));
+    /// Registers a partition with its own queue and starts its worker.
+    fn add(&self, consumer: &Arc<BaseConsumer<Ctx>>, topic: &str, partition: i32) {
+        let part = Arc::new(Partition::new(topic, partition));
+        if !give_queue(consumer, &part) {
+            return;
+        }
         self.partitions.lock().push(part.clone());
         self.runtime
-            .spawn(partition::run(part.clone(), self.applier.clone()));
-        part
+            .spawn(partition::run(part, self.applier.clone()));
     }
 
-    fn dispatch(&self, consumer: &BaseConsumer<Ctx>, msg: &BorrowedMessage<'_>) {
-        let part = match self.find(msg.topic(), msg.partition()) {
-            Some(p) => p,
-            None => self.add(msg.topic(), msg.partition()),
-        };
-        match part.push(msg.detach()) {
-            Queued::Ok => {}
-            Queued::Pause => {
-                if let Err(e) = consumer.pause(&one(&part.topic, part.partition)) {
-                    tracing::warn!(cause = %e, topic = %part.topic, partition = part.partition, "kafka pause failed");
-                }
-            }
-            Queued::Duplicate => {
-                tracing::debug!(topic = %part.topic, partition = part.partition, offset = msg.offset(), "record fetched twice; dropped");
-            }
-        }
-    }
-
-    fn resume_waiting(&self, consumer: &BaseConsumer<Ctx>) {
-        let waiting = std::mem::take(&mut *self.applier.resumes.lock());
-        for part in waiting {
-            let current = self
-                .find(&part.topic, part.partition)
-                .is_some_and(|p| Arc::ptr_eq(&p, &part));
-            if !current {
-                continue;
-            }
-            if let Err(e) = consumer.resume(&one(&part.topic, part.partition)) {
-                tracing::warn!(cause = %e, topic = %part.topic, partition = part.partition, "kafka resume failed");
-            }
-        }
+    /// A record on the consumer queue. Cannot happen: every assigned partition's queue
+    /// is split before librdkafka fetches it, and librdkafka never forwards a queue the
+    /// application forwarded. Not applied here, as that could reorder the partition.
+    fn stray(&self, msg: &BorrowedMessage<'_>) {
+        tracing::error!(
+            topic = msg.topic(),
+            partition = msg.partition(),
+            offset = msg.offset(),
+            "kafka record arrived outside its partition queue; not applied"
+        );
     }
 
     fn poll_error(&self, e: &RdError) {
@@ -261,11 +274,21 @@ impl State {
         commits.collect(COMMIT_WAIT) && commit::due(parts).is_empty()
     }
 
+    /// Runs before librdkafka starts fetching the new partitions: each gets its queue
+    /// and worker now, so none of its records reaches the consumer queue.
     fn assign(&self, tpl: &TopicPartitionList) {
+        let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
+            return;
+        };
         let mut names = Vec::new();
         for elem in tpl.elements() {
-            if self.find(elem.topic(), elem.partition()).is_none() {
-                self.add(elem.topic(), elem.partition());
+            match self.find(elem.topic(), elem.partition()) {
+                None => self.add(&consumer, elem.topic(), elem.partition()),
+                // Still assigned (an assignment repeated without a revoke in between):
+                // keep its worker and position, give it a fresh queue.
+                Some(part) => {
+                    give_queue(&consumer, &part);
+                }
             }
             names.push(format!("{}/{}", elem.topic(), elem.partition()));
         }
@@ -277,8 +300,9 @@ impl State {
         tracing::info!(partitions = ?names, "kafka partitions assigned");
     }
 
-    /// Revoked partitions: stop their workers after the current record, wait, and
-    /// commit what they applied before the partitions move to another node.
+    /// Revoked partitions: stop their workers after the current record, wait, drop
+    /// their queues (librdkafka discards what they still hold) and commit what they
+    /// applied before the partitions move to another node.
     fn revoke(&self, consumer: &BaseConsumer<Ctx>, tpl: &TopicPartitionList) {
         let gone: Vec<(String, i32)> = tpl
             .elements()
@@ -358,6 +382,22 @@ impl State {
     }
 }
 
+/// Gives `part` its own librdkafka queue; librdkafka wakes the worker when records
+/// arrive in it. False only for a topic name with a NUL byte, which config refuses.
+fn give_queue(consumer: &Arc<BaseConsumer<Ctx>>, part: &Partition) -> bool {
+    let Some(mut queue) = consumer.split_partition_queue(&part.topic, part.partition) else {
+        tracing::error!(topic = %part.topic, partition = part.partition, "kafka partition queue unavailable; partition not consumed");
+        return false;
+    };
+    let wake = part.waker();
+    queue.set_nonempty_callback(move || wake.notify_one());
+    part.set_source(Box::new(queue));
+    true
+}
+
+/// Stops the workers after their current record, waits (bounded), and drops their
+/// queues here, on the poll thread, even for a worker still applying: each queue holds
+/// a reference to the consumer, which must close when the poll thread ends.
 fn stop_all(parts: &[Arc<Partition>]) {
     for p in parts {
         p.stop();
@@ -365,6 +405,19 @@ fn stop_all(parts: &[Arc<Partition>]) {
     for p in parts {
         if !p.wait_exited(WORKER_STOP_WAIT) {
             tracing::warn!(topic = %p.topic, partition = p.partition, "kafka worker still applying a record; not waiting longer");
+        }
+        drop(p.take_source());
+    }
+}
+
+impl Source for PartitionQueue<Ctx> {
+    fn next(&self) -> Option<rdkafka::message::OwnedMessage> {
+        loop {
+            match self.poll(Duration::ZERO)? {
+                Ok(msg) => return Some(msg.detach()),
+                // Per-partition fetch errors; librdkafka retries by itself.
+                Err(e) => tracing::warn!(cause = %e, "kafka partition fetch error"),
+            }
         }
     }
 }

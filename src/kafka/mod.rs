@@ -2,18 +2,21 @@
 //! user's guide; this is how it works.
 //!
 //! ```text
-//! topic partitions --poll thread--> partition queue --worker task--> api::methods::call --> node
-//!        ^  commits what workers applied               \--never appliable--> dead-letter topic
-//!        |  (every commit_interval, on rebalance, at shutdown)
+//! topic partition --librdkafka--> its own queue --worker task--> api::methods::call --> node
+//!   (fetched ahead up to kafka.partition_buffer)   \--never appliable--> dead-letter topic
+//! poll thread: rebalances (split queues, stop workers), statistics, and commits what
+//!   workers applied (every commit_interval, on rebalance, at shutdown)
 //!
 //! node fan-out --EgressObserver::try_send--> bounded buffer --producer task--> egress topic
 //! ```
 //!
 //! - [`ingest`]: the consumer group. One OS thread polls librdkafka (rebalance, stats
 //!   and commit callbacks run there and may block briefly without stalling the async
-//!   runtime), hands records to partition workers and commits their applied offsets.
-//! - [`partition`]: one task per assigned partition applies its records strictly in
-//!   order, retries temporary failures and dead-letters records that can never apply.
+//!   runtime), gives each assigned partition its own librdkafka queue and worker, and
+//!   commits their applied offsets.
+//! - [`partition`]: one task per assigned partition takes records from its queue when
+//!   ready, applies them strictly in order, retries temporary failures and
+//!   dead-letters records that can never apply.
 //! - [`commit`]: offset commits whose answer is known, without blocking the poll thread.
 //! - [`record`]: record value -> server API command, and a result -> what to do (pure).
 //! - [`dlq`]: the dead-letter producer.

@@ -1,5 +1,12 @@
-//! One worker task per assigned partition: applies its records strictly in order, one at
-//! a time, and records how far it got; the poll thread commits that.
+//! One worker task per assigned partition: takes its records from the partition's own
+//! librdkafka queue when it is ready for them, applies them strictly in order, one at a
+//! time, and records how far it got; the poll thread commits that.
+//!
+//! Backpressure is librdkafka's: a record stays in the partition's queue until the
+//! worker takes it, and librdkafka stops fetching the partition while that queue holds
+//! `queued.min.messages` records or `queued.max.messages.kbytes` (ingest.rs derives both
+//! from `kafka.partition_buffer`). No pause, no resume: a resumed partition waited up to
+//! a second for librdkafka to notice (docs/BENCHMARKS.md, "Kafka ingest").
 //!
 //! A record ends in one of two ways: applied (or, when it can never apply,
 //! dead-lettered), and then its offset counts as done; or the worker is stopped first
@@ -7,7 +14,6 @@
 //! again. A temporary failure is retried with backoff for as long as it takes: nothing
 //! after the record is applied or committed meanwhile.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,8 +31,9 @@ use crate::api::methods::{call, ApiError};
 use crate::metrics as m;
 use crate::node::Node;
 
-/// Records a worker takes from its queue at once.
-const BATCH: usize = 256;
+/// Records a worker takes from librdkafka at once: amortises the queue lock, and is
+/// small enough that the records taken and not yet applied stay few.
+const BATCH: usize = 64;
 /// First retry delay of a record that failed for a temporary reason.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 
@@ -37,9 +44,13 @@ pub struct Applier {
     pub permits: Semaphore,
     pub dlq: Option<DeadLetters>,
     pub backoff_max: Duration,
-    /// Partitions whose queue drained enough to fetch again; the poll thread resumes
-    /// them (librdkafka's pause and resume belong to the thread that polls).
-    pub resumes: Mutex<Vec<Arc<Partition>>>,
+}
+
+/// Where a worker takes its records: the partition's own librdkafka queue (ingest.rs).
+/// A trait so that this file does not depend on the consumer's context type.
+pub trait Source: Send {
+    /// The next fetched record, without waiting; None when none is queued.
+    fn next(&self) -> Option<OwnedMessage>;
 }
 
 /// Per-topic metric handles, looked up once per partition rather than per record.
@@ -78,31 +89,23 @@ pub fn zero_series(topic: &str) {
     }
 }
 
-struct Queue {
-    records: VecDeque<OwnedMessage>,
-    /// Fetching is paused because the queue reached its bound.
-    paused: bool,
-    /// Offset of the last record queued, to drop a record librdkafka hands over twice.
+/// The worker's feed. parking_lot Mutex: held while taking records without waiting
+/// (never across await) and by the poll thread to take the source away on a revoke.
+struct Feed {
+    /// None once the poll thread took it away (revoke, shutdown): the worker stops.
+    source: Option<Box<dyn Source>>,
+    /// Offset of the last record taken, to drop a record librdkafka hands over twice.
     last_offset: i64,
-}
-
-/// What the poll thread should do after queueing a record.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Queued {
-    Ok,
-    /// The queue is full: pause fetching this partition.
-    Pause,
-    /// Already queued once (an offset at or below the last one): dropped.
-    Duplicate,
 }
 
 pub struct Partition {
     pub topic: Arc<str>,
     pub partition: i32,
-    /// parking_lot Mutex: held only to move records in or out, never across await.
-    queue: Mutex<Queue>,
-    /// Wakes the worker when records arrive.
-    wake: Notify,
+    feed: Mutex<Feed>,
+    /// Wakes the worker when librdkafka queues a record for an empty queue (the queue's
+    /// non-empty callback, on a librdkafka thread). Notify keeps the wake-up if the worker
+    /// is not waiting yet, so one arriving between "queue empty" and the wait is not lost.
+    wake: Arc<Notify>,
     stop: CancellationToken,
     /// Set when the worker has returned; the poll thread waits on it during a revoke.
     exited: Mutex<bool>,
@@ -112,28 +115,34 @@ pub struct Partition {
     pub applied: AtomicI64,
     /// The offset the group last confirmed as committed (written on the poll thread).
     pub committed: AtomicI64,
-    capacity: usize,
     counters: Counters,
     pub lag: metrics::Gauge,
 }
 
+/// Whether a record at `offset` is new, given the last one taken; advances `last`.
+fn fresh(last: &mut i64, offset: i64) -> bool {
+    if offset <= *last {
+        return false;
+    }
+    *last = offset;
+    true
+}
+
 impl Partition {
-    pub fn new(topic: &str, partition: i32, capacity: usize) -> Partition {
+    pub fn new(topic: &str, partition: i32) -> Partition {
         Partition {
             topic: Arc::from(topic),
             partition,
-            queue: Mutex::new(Queue {
-                records: VecDeque::new(),
-                paused: false,
+            feed: Mutex::new(Feed {
+                source: None,
                 last_offset: -1,
             }),
-            wake: Notify::new(),
+            wake: Arc::new(Notify::new()),
             stop: CancellationToken::new(),
             exited: Mutex::new(false),
             exited_cv: Condvar::new(),
             applied: AtomicI64::new(-1),
             committed: AtomicI64::new(-1),
-            capacity,
             counters: Counters::new(topic),
             lag: metrics::gauge!(m::KAFKA_CONSUMER_LAG, "topic" => topic.to_string(), "partition" => partition.to_string()),
         }
@@ -143,26 +152,22 @@ impl Partition {
         self.partition == partition && &*self.topic == topic
     }
 
-    /// Queues a fetched record for the worker (poll thread).
-    pub fn push(&self, msg: OwnedMessage) -> Queued {
-        let mut q = self.queue.lock();
-        if msg.offset() <= q.last_offset {
-            return Queued::Duplicate;
-        }
-        self.counters.consumed.increment(1);
-        q.last_offset = msg.offset();
-        q.records.push_back(msg);
-        let pause = !q.paused && q.records.len() >= self.capacity;
-        if pause {
-            q.paused = true;
-        }
-        drop(q);
+    /// What the source's non-empty callback calls.
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// Gives the worker its records' source (poll thread, on assignment), replacing any
+    /// earlier one, and wakes it: records may be queued already.
+    pub fn set_source(&self, source: Box<dyn Source>) {
+        self.feed.lock().source = Some(source);
         self.wake.notify_one();
-        if pause {
-            Queued::Pause
-        } else {
-            Queued::Ok
-        }
+    }
+
+    /// Takes the source away (poll thread, on revoke and at shutdown, after `stop`), so
+    /// that librdkafka's queue is released on this thread whatever the worker does.
+    pub fn take_source(&self) -> Option<Box<dyn Source>> {
+        self.feed.lock().source.take()
     }
 
     /// Tells the worker to stop after the record it is applying.
@@ -180,27 +185,41 @@ impl Partition {
         *exited
     }
 
-    /// The next records, or None once stopped.
-    async fn next_batch(self: &Arc<Self>, applier: &Applier) -> Option<Vec<OwnedMessage>> {
-        loop {
-            if self.stop.is_cancelled() {
-                return None;
+    /// Moves up to BATCH queued records into `batch` without waiting; false once the
+    /// source is gone.
+    fn take(&self, batch: &mut Vec<OwnedMessage>) -> bool {
+        let mut feed = self.feed.lock();
+        let Feed {
+            source,
+            last_offset,
+        } = &mut *feed;
+        let Some(source) = source else {
+            return false;
+        };
+        while batch.len() < BATCH {
+            let Some(msg) = source.next() else { break };
+            if !fresh(last_offset, msg.offset()) {
+                tracing::debug!(topic = %self.topic, partition = self.partition, offset = msg.offset(), "record fetched twice; dropped");
+                continue;
             }
-            {
-                let mut q = self.queue.lock();
-                if !q.records.is_empty() {
-                    let n = q.records.len().min(BATCH);
-                    let batch: Vec<OwnedMessage> = q.records.drain(..n).collect();
-                    if q.paused && q.records.len() <= self.capacity / 2 {
-                        q.paused = false;
-                        applier.resumes.lock().push(self.clone());
-                    }
-                    return Some(batch);
-                }
+            self.counters.consumed.increment(1);
+            batch.push(msg);
+        }
+        true
+    }
+
+    /// Fills `batch` with the next records, waiting for them; false once stopped.
+    async fn next_batch(&self, batch: &mut Vec<OwnedMessage>) -> bool {
+        loop {
+            if self.stop.is_cancelled() || !self.take(batch) {
+                return false;
+            }
+            if !batch.is_empty() {
+                return true;
             }
             tokio::select! {
                 _ = self.wake.notified() => {}
-                _ = self.stop.cancelled() => return None,
+                _ = self.stop.cancelled() => return false,
             }
         }
     }
@@ -219,8 +238,9 @@ impl Drop for ExitGuard {
 /// The worker: runs until the partition is stopped.
 pub async fn run(part: Arc<Partition>, applier: Arc<Applier>) {
     let _guard = ExitGuard(part.clone());
-    while let Some(batch) = part.next_batch(&applier).await {
-        for msg in batch {
+    let mut batch = Vec::with_capacity(BATCH);
+    while part.next_batch(&mut batch).await {
+        for msg in batch.drain(..) {
             if !applier.process(&part, &msg).await {
                 return;
             }
@@ -345,27 +365,18 @@ impl Applier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rdkafka::message::Timestamp;
-
-    fn msg(offset: i64) -> OwnedMessage {
-        OwnedMessage::new(
-            None,
-            None,
-            "t".into(),
-            Timestamp::NotAvailable,
-            0,
-            offset,
-            None,
-        )
-    }
 
     #[test]
-    fn queue_pauses_at_capacity_and_drops_replayed_offsets() {
-        let p = Partition::new("t", 0, 2);
-        assert_eq!(p.push(msg(5)), Queued::Ok);
-        assert_eq!(p.push(msg(5)), Queued::Duplicate);
-        assert_eq!(p.push(msg(6)), Queued::Pause);
-        assert_eq!(p.push(msg(7)), Queued::Ok, "pauses once");
+    fn records_at_or_below_the_last_offset_taken_are_dropped() {
+        let mut last = -1;
+        assert!(fresh(&mut last, 5));
+        assert!(!fresh(&mut last, 5), "same offset twice");
+        assert!(!fresh(&mut last, 3), "an older one");
+        assert!(
+            fresh(&mut last, 7),
+            "a gap (compacted or transaction markers) is fine"
+        );
+        assert_eq!(last, 7);
     }
 
     #[test]
