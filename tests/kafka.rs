@@ -8,7 +8,7 @@ mod kafka_support;
 use std::collections::HashMap;
 
 use common::Server;
-use kafka_support::{header, wait_ingest_ok, Mock, TempDir, Watcher, FAST_GROUP};
+use kafka_support::{header, wait_ingest_ok, Mock, TempDir, Watcher, FAST_GROUP, KAFKA_WAIT};
 use rdkafka::Message;
 use serde_json::{json, Value};
 
@@ -77,6 +77,39 @@ async fn records_reach_websockets_in_partition_order() {
             "{source} out of order: {got:?}"
         );
     }
+    w.assert_no_more().await;
+}
+
+/// A partition far beyond its prefetch bound: with `kafka.partition_buffer = 1` every
+/// fetched record fills the partition's queue, so librdkafka stops fetching it after
+/// each record and must come back by itself once the worker took it (nothing tells it
+/// to). Every record arrives, in order, once, within one ordinary wait for the whole
+/// run. The wait is no measurement; it is what a stall per record breaks: Herald's old
+/// pause and resume, or librdkafka's default `fetch.queue.backoff.ms`, cost up to a
+/// second per record here (about 200 s).
+#[tokio::test]
+async fn a_partition_far_beyond_its_prefetch_bound_is_applied_in_full() {
+    let mock = Mock::new(1);
+    mock.topic("burst", 1);
+    let srv = Server::start_config(
+        &ingest_toml(""),
+        &[
+            ("HERALD_KAFKA__BROKERS", &mock.bootstrap()),
+            ("HERALD_KAFKA__TOPICS", "burst"),
+            ("HERALD_KAFKA__PARTITION_BUFFER", "1"),
+        ],
+    );
+    let mut w = Watcher::subscribe(srv.addr, "bea", &["news:burst"]).await;
+    wait_ingest_ok(srv.addr).await;
+    const N: u64 = 200;
+    for seq in 0..N {
+        mock.publish("burst", 0, "news:burst", seq).await;
+    }
+    let got = tokio::time::timeout(KAFKA_WAIT, w.seqs(N as usize))
+        .await
+        .unwrap_or_else(|_| panic!("{N} records not applied within {KAFKA_WAIT:?}"));
+    let seqs: Vec<u64> = got.into_iter().map(|(_, s)| s).collect();
+    assert_eq!(seqs, (0..N).collect::<Vec<_>>());
     w.assert_no_more().await;
 }
 
