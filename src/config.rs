@@ -334,6 +334,10 @@ impl KafkaConfig {
                     return Err(bad(key, "must be positive"));
                 }
             }
+            // librdkafka's limit of queued.min.messages, which Herald sets to it.
+            if self.partition_buffer > 10_000_000 {
+                return Err(bad("kafka.partition_buffer", "must be at most 10000000"));
+            }
             if self.commit_interval.is_zero() {
                 return Err(bad("kafka.commit_interval", "must be positive"));
             }
@@ -947,6 +951,23 @@ mod tests {
         let e = Config::load_from(None, "-", env(&[("HERALD_CLIENT__MAX_FRAME_BYTES", "-1")]))
             .unwrap_err();
         assert!(e.to_string().contains("client.max_frame_bytes"), "{e}");
+        let kafka = |buffer: &str| {
+            Config::load_from(
+                None,
+                "-",
+                env(&[
+                    ("HERALD_KAFKA__INGEST_ENABLED", "true"),
+                    ("HERALD_KAFKA__BROKERS", "127.0.0.1:9092"),
+                    ("HERALD_KAFKA__TOPICS", "t"),
+                    ("HERALD_KAFKA__PARTITION_BUFFER", buffer),
+                ]),
+            )
+        };
+        assert!(kafka("10000000").is_ok());
+        for buffer in ["0", "10000001"] {
+            let e = kafka(buffer).unwrap_err();
+            assert!(e.to_string().contains("kafka.partition_buffer"), "{e}");
+        }
     }
 
     #[test]

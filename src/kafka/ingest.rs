@@ -160,6 +160,8 @@ impl Drop for Ingest {
 /// (`fetch.message.max.bytes`, 1 MiB). Both apply per partition because each partition
 /// has its own queue. `kafka.client_options` may override any of them.
 fn prefetch_bounds(c: &mut rdkafka::ClientConfig, partition_buffer: usize) {
+    // Config validation keeps partition_buffer within 1..=10,000,000, librdkafka's range
+    // for queued.min.messages; queued.max.messages.kbytes stops lower.
     let records = partition_buffer.clamp(1, 10_000_000);
     let kbytes = partition_buffer.clamp(1, (i32::MAX / 1024) as usize);
     c.set("queued.min.messages", records.to_string())
