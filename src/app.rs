@@ -6,16 +6,15 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::{web, App, HttpServer};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, ApiState};
+use crate::api::ApiState;
 use crate::auth::Verifier;
 use crate::broker::memory::MemoryBroker;
 use crate::config::Config;
-use crate::gateway::{self, GatewayState};
+use crate::gateway::GatewayState;
 use crate::node::{Node, Stores};
 use crate::presence::memory::MemoryPresence;
 use crate::protocol::codes;
@@ -247,38 +246,17 @@ pub async fn run(
     };
 
     let addr = listener.local_addr()?;
-    let mut server = HttpServer::new(move || {
-        App::new()
-            .app_data(web::Data::new(gateway_state.clone()))
-            .app_data(web::Data::new(api_state.clone()))
-            .route("/connection/websocket", web::get().to(gateway::endpoint))
-            .route(
-                "/api/openapi.json",
-                web::get().to(api::openapi::openapi_json),
-            )
-            .route("/api", web::post().to(api::api_legacy))
-            .route("/api/{method}", web::post().to(api::api_method))
-            .route("/health", web::get().to(api::health))
-            .route("/ready", web::get().to(api::ready))
-            .route("/metrics", web::get().to(api::metrics_endpoint))
-    })
-    .disable_signals()
-    .shutdown_timeout(1);
-    if config.http.workers > 0 {
-        server = server.workers(config.http.workers);
-    }
     let http = &config.http;
-    let server = if http.tls_cert.is_empty() {
-        server.listen(listener)?
+    let tls = if http.tls_cert.is_empty() {
+        None
     } else {
         let store = crate::tls::CertStore::open(&http.tls_cert, &http.tls_key)
             .map_err(anyhow::Error::msg)?;
         crate::tls::reload_on_sighup(store.clone())?;
-        let tls = store.server_config().map_err(anyhow::Error::msg)?;
         tracing::info!(cert = %http.tls_cert, "tls on the listener");
-        server.listen_rustls_0_23(listener, tls)?
-    }
-    .run();
+        Some(store.server_config().map_err(anyhow::Error::msg)?)
+    };
+    let server = crate::http::serve(listener, tls, config.http.workers, gateway_state, api_state)?;
     let handle = server.handle();
     let mut server_task = tokio::spawn(server);
     tracing::info!(%addr, "herald listening");

@@ -15,7 +15,9 @@
 //! ```
 //!
 //! - [`protocol`]: wire messages, JSON/Protobuf framing, every client-visible code.
-//! - [`gateway`]: the WebSocket endpoint; one task per connection.
+//! - [`gateway`]: the WebSocket endpoint and Herald's own WebSocket transport; one
+//!   session per connection, in the connection's task.
+//! - [`http`]: the listener: WebSocket upgrades to the gateway, the rest to actix-web.
 //! - [`node`]: local subscriptions, the one publish path, fan-out.
 //! - [`broker`]: trait + memory and Redis backends: offsets, epochs, history, delivery.
 //! - [`presence`]: trait + memory and Redis backends.
@@ -38,6 +40,7 @@ pub mod broker;
 pub mod cluster;
 pub mod config;
 pub mod gateway;
+pub mod http;
 pub mod ipnet;
 pub mod kafka;
 pub mod metrics;

@@ -1,8 +1,11 @@
-//! The WebSocket endpoint: handshake, format negotiation, one session task per socket.
+//! The WebSocket endpoint: handshake, format negotiation, one session per socket.
 //!
-//! A message's way in: `endpoint` accepts the socket, `session` runs one `select!` loop
-//! per connection, `commands`/`connect`/`subscribe` turn each command into a reply by
-//! calling the node, and `writer` coalesces replies and queued pushes into frames.
+//! A message's way in: the HTTP layer hands an upgrade request and its socket to
+//! `upgrade::serve`, which checks and answers the handshake; `session` runs one
+//! `select!` loop per connection on Herald's own transport (`wire`: frames read and
+//! written straight on the socket); `commands`/`connect`/`subscribe` turn each command
+//! into a reply by calling the node, and the session coalesces replies and queued pushes
+//! into one frame per write.
 
 mod commands;
 mod connect;
@@ -13,10 +16,13 @@ pub mod ratelimit;
 mod rpc;
 mod session;
 mod subscribe;
+pub mod upgrade;
+mod wire;
 
 use std::sync::Arc;
 
-use actix_web::http::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
+use actix_web::http::header::{HeaderMap, SEC_WEBSOCKET_PROTOCOL};
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use tokio_util::sync::CancellationToken;
 
@@ -41,21 +47,19 @@ pub struct GatewayState {
 /// Picks the wire format the way the official SDKs ask for it: the
 /// `centrifuge-protobuf` subprotocol, or `format=protobuf` / `cf_protocol=protobuf` in
 /// the query (transports that cannot set a subprotocol). Returns the subprotocol to echo.
-fn negotiate(req: &HttpRequest) -> (Format, Option<&'static str>) {
-    let offered: Vec<String> = req
-        .headers()
-        .get_all(SEC_WEBSOCKET_PROTOCOL)
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
-        .collect();
-    if offered.iter().any(|p| p == PROTOBUF_SUBPROTOCOL) {
+fn negotiate(headers: &HeaderMap, query: &str) -> (Format, Option<&'static str>) {
+    let offered = || {
+        headers
+            .get_all(SEC_WEBSOCKET_PROTOCOL)
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(',').map(str::trim))
+    };
+    if offered().any(|p| p == PROTOBUF_SUBPROTOCOL) {
         return (Format::Protobuf, Some(PROTOBUF_SUBPROTOCOL));
     }
-    let echo_json = offered
-        .iter()
+    let echo_json = offered()
         .any(|p| p == JSON_SUBPROTOCOL)
         .then_some(JSON_SUBPROTOCOL);
-    let query = req.query_string();
     let wants_protobuf = query
         .split('&')
         .any(|kv| kv == "format=protobuf" || kv == "cf_protocol=protobuf");
@@ -66,22 +70,41 @@ fn negotiate(req: &HttpRequest) -> (Format, Option<&'static str>) {
     }
 }
 
-/// `GET /connection/websocket`
-pub async fn endpoint(
-    req: HttpRequest,
-    body: web::Payload,
-    state: web::Data<GatewayState>,
-) -> Result<HttpResponse, actix_web::Error> {
+/// A refused WebSocket handshake: the HTTP answer.
+pub(crate) struct Refusal {
+    pub status: StatusCode,
+    pub body: String,
+    pub json: bool,
+    pub retry_after: bool,
+}
+
+impl Refusal {
+    fn text(status: StatusCode, body: &str) -> Self {
+        Refusal {
+            status,
+            body: body.to_string(),
+            json: false,
+            retry_after: false,
+        }
+    }
+}
+
+/// The checks every WebSocket handshake passes before it is accepted, in order:
+/// shutting down (503), `Origin` (403), connection rate per client IP (429).
+fn admit(
+    state: &GatewayState,
+    headers: &HeaderMap,
+    peer: Option<std::net::IpAddr>,
+) -> Result<(), Refusal> {
     if state.shutdown.is_cancelled() {
-        return Ok(HttpResponse::ServiceUnavailable().finish());
+        return Err(Refusal::text(StatusCode::SERVICE_UNAVAILABLE, ""));
     }
-    if !origin::allowed(&req, &state.node.config().http.allowed_origins) {
-        tracing::debug!(origin = ?req.headers().get("origin"), "websocket origin refused");
-        return Ok(HttpResponse::Forbidden().body("origin not allowed"));
+    if !origin::allowed(headers, &state.node.config().http.allowed_origins) {
+        tracing::debug!(origin = ?headers.get("origin"), "websocket origin refused");
+        return Err(Refusal::text(StatusCode::FORBIDDEN, "origin not allowed"));
     }
-    if let Some(peer) = req.peer_addr().map(|a| a.ip()) {
-        let forwarded: Vec<&str> = req
-            .headers()
+    if let Some(peer) = peer {
+        let forwarded: Vec<&str> = headers
             .get_all("x-forwarded-for")
             .filter_map(|v| v.to_str().ok())
             .collect();
@@ -91,24 +114,39 @@ pub async fn endpoint(
                 .increment(1);
             tracing::debug!(%ip, "websocket upgrade refused: connection rate per ip");
             let e = crate::protocol::codes::ERROR_TOO_MANY_REQUESTS;
-            return Ok(HttpResponse::TooManyRequests()
-                .insert_header(("Retry-After", "1"))
-                .json(serde_json::json!({"error": {"code": e.code, "message": e.message}})));
+            return Err(Refusal {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                body: serde_json::json!({"error": {"code": e.code, "message": e.message}})
+                    .to_string(),
+                json: true,
+                retry_after: true,
+            });
         }
     }
-    let (format, subprotocol) = negotiate(&req);
-    let (mut response, ws, stream) = actix_ws::handle(&req, body)?;
-    if let Some(p) = subprotocol {
-        response
-            .headers_mut()
-            .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
+    Ok(())
+}
+
+/// `GET /connection/websocket` without `Upgrade: websocket` (requests with it never get
+/// here: the HTTP layer hands them to [`upgrade::serve`]). Answers as a refused
+/// handshake would.
+pub async fn endpoint(
+    req: HttpRequest,
+    state: web::Data<GatewayState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let peer = req.peer_addr().map(|a| a.ip());
+    if let Err(r) = admit(&state, req.headers(), peer) {
+        let mut res = HttpResponse::build(r.status);
+        if r.retry_after {
+            res.insert_header(("Retry-After", "1"));
+        }
+        if r.json {
+            res.content_type("application/json");
+        }
+        return Ok(res.body(r.body));
     }
-    let max = state.node.config().client.max_frame_bytes;
-    let stream = stream
-        .max_frame_size(max)
-        .aggregate_continuations()
-        .max_continuation_size(max);
-    let session = session::Session::new(state.get_ref().clone(), format, ws);
-    actix_web::rt::spawn(session.run(stream));
-    Ok(response)
+    if let Err(e) = actix_http::ws::verify_handshake(req.head()) {
+        return Ok(HttpResponse::from(actix_http::Response::from(e)));
+    }
+    // Only reachable if the upgrade hook is not installed.
+    Ok(HttpResponse::NotImplemented().finish())
 }

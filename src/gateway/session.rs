@@ -8,12 +8,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError};
+use actix_http::ws::OpCode;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::sleep_until;
 
 use super::ratelimit::TokenBucket;
+use super::wire::{WireError, WsConn, WsMessage};
 use super::GatewayState;
 use crate::auth::now_unix;
 use crate::metrics as m;
@@ -60,7 +61,7 @@ enum Exit {
 pub(super) struct Session {
     pub(super) st: GatewayState,
     pub(super) format: Format,
-    ws: Option<actix_ws::Session>,
+    ws: WsConn,
     pub(super) conn: Option<Connected>,
     pub(super) queue_rx: Option<mpsc::Receiver<Outbound>>,
     pub(super) control_rx: Option<mpsc::UnboundedReceiver<Control>>,
@@ -102,7 +103,7 @@ pub(super) fn instant_at(unix: i64) -> Instant {
 const MAX_COALESCE: usize = 128;
 
 impl Session {
-    pub(super) fn new(st: GatewayState, format: Format, ws: actix_ws::Session) -> Self {
+    pub(super) fn new(st: GatewayState, format: Format, ws: WsConn) -> Self {
         let c = &st.node.config().client;
         let now = Instant::now();
         Session {
@@ -110,7 +111,7 @@ impl Session {
             next_ping: now + c.ping_interval,
             st,
             format,
-            ws: Some(ws),
+            ws,
             conn: None,
             queue_rx: None,
             control_rx: None,
@@ -120,7 +121,9 @@ impl Session {
         }
     }
 
-    pub(super) async fn run(mut self, mut stream: AggregatedMessageStream) {
+    /// Boxed: the session's state is then one pointer in the connection's future, which
+    /// would otherwise hold it twice (the value handed over and the running loop).
+    pub(super) async fn run(mut self: Box<Self>) {
         let mut timer = Box::pin(sleep_until(self.next_deadline().into()));
         let exit = loop {
             let deadline = self.next_deadline();
@@ -134,24 +137,24 @@ impl Session {
                 _ = shutdown.cancelled(), if !connected => break Exit::Disconnect(codes::DISCONNECT_SHUTDOWN.into()),
                 c = recv_control(&mut self.control_rx) => {
                     if let Some(c) = c {
-                        if let Some(d) = self.on_control(c).await { break Exit::Disconnect(d) }
+                        if let Some(d) = Box::pin(self.on_control(c)).await { break Exit::Disconnect(d) }
                     }
                 }
-                msg = stream.recv() => match msg {
+                msg = self.ws.recv() => match msg {
                     None => break Exit::Gone,
-                    Some(Ok(AggregatedMessage::Close(_))) => break Exit::ClientClosed,
-                    Some(Ok(msg)) => if let Some(d) = self.on_message(msg).await { break Exit::Disconnect(d) },
-                    Some(Err(e)) => break Exit::Disconnect(protocol_error(&e)),
+                    Some(Ok(WsMessage::Close)) => break Exit::ClientClosed,
+                    Some(Ok(msg)) => if let Some(d) = Box::pin(self.on_message(msg)).await { break Exit::Disconnect(d) },
+                    Some(Err(e)) => break Exit::Disconnect(wire_error(&e)),
                 },
                 item = recv_queue(&mut self.queue_rx) => {
                     if let Some(item) = item {
                         if let Some(d) = self.on_outbound(item).await { break Exit::Disconnect(d) }
                     }
                 }
-                _ = &mut timer => if let Some(d) = self.on_timer().await { break Exit::Disconnect(d) },
+                _ = &mut timer => if let Some(d) = Box::pin(self.on_timer()).await { break Exit::Disconnect(d) },
             }
         };
-        self.finish(exit).await;
+        Box::pin(self.finish(exit)).await;
     }
 
     fn next_deadline(&self) -> Instant {
@@ -219,26 +222,19 @@ impl Session {
         None
     }
 
-    async fn on_message(&mut self, msg: AggregatedMessage) -> Option<Disconnect> {
+    async fn on_message(&mut self, msg: WsMessage) -> Option<Disconnect> {
         let commands = match (msg, self.format) {
-            (AggregatedMessage::Text(text), Format::Json) => {
+            (WsMessage::Text(text), Format::Json) => {
                 self.st.meters.bytes_in.increment(text.len() as u64);
-                decode_json_commands(text.as_bytes())
+                decode_json_commands(&text)
             }
-            (AggregatedMessage::Binary(bin), Format::Protobuf) => {
+            (WsMessage::Binary(bin), Format::Protobuf) => {
                 self.st.meters.bytes_in.increment(bin.len() as u64);
                 decode_protobuf_commands(bin)
             }
-            (AggregatedMessage::Ping(p), _) => {
-                let ws = self.ws.as_mut()?;
-                return ws
-                    .pong(&p)
-                    .await
-                    .err()
-                    .map(|_| codes::DISCONNECT_WRITE_ERROR.into());
-            }
-            (AggregatedMessage::Pong(_), _) => return None,
-            (AggregatedMessage::Close(_), _) => return None,
+            (WsMessage::Ping(p), _) => return self.write(OpCode::Pong, &[p], None).await,
+            (WsMessage::Pong, _) => return None,
+            (WsMessage::Close, _) => return None,
             // A text frame on a Protobuf connection or the reverse.
             (_, _) => Err(codec::DecodeError::WrongFrameType),
         };
@@ -321,11 +317,11 @@ impl Session {
         }
         for channel in gaps {
             // Never a silent gap: the SDK resubscribes and recovers from its position.
-            self.server_unsubscribe(
+            Box::pin(self.server_unsubscribe(
                 &channel,
                 codes::UNSUBSCRIBE_INSUFFICIENT,
                 "insufficient state",
-            )
+            ))
             .await;
         }
         self.flush().await
@@ -373,7 +369,6 @@ impl Session {
         self.flush().await
     }
 
-    /// Writes everything in `out` as one WebSocket message.
     /// Ends the subscription to `channel` with `code` if it exists and `pred` holds.
     async fn unsubscribe_if(
         &mut self,
@@ -392,54 +387,72 @@ impl Session {
         }
     }
 
+    /// Writes everything in `out` as one WebSocket message.
     pub(super) async fn flush(&mut self) -> Option<Disconnect> {
         if self.out.is_empty() {
             return None;
         }
-        let frame = codec::join_frames(self.format, &self.out);
-        self.out.clear();
-        let ws = self.ws.as_mut()?;
-        let len = frame.len() as u64;
-        let timeout = self.st.node.config().client.write_timeout;
-        let write = async {
-            match self.format {
-                Format::Json => match bytestring::ByteString::try_from(frame) {
-                    Ok(text) => ws.text(text).await,
-                    // Our encoder only emits UTF-8; never send a broken text frame.
-                    Err(_) => Ok(()),
-                },
-                Format::Protobuf => ws.binary(frame).await,
-            }
+        let (op, sep) = match self.format {
+            // Newline-delimited replies; the encoder only emits UTF-8.
+            Format::Json => (OpCode::Text, Some(&b"\n"[..])),
+            // Each reply is length-delimited already.
+            Format::Protobuf => (OpCode::Binary, None),
         };
-        match ready_or_timeout(timeout, write).await {
-            Ok(Ok(())) => {
-                self.st.meters.bytes_out.increment(len);
-                self.st.meters.frames_out.increment(1);
-                None
-            }
-            Ok(Err(_closed)) => Some(codes::DISCONNECT_WRITE_ERROR.into()),
+        let out = std::mem::take(&mut self.out);
+        let len = out.iter().map(Bytes::len).sum::<usize>()
+            + sep.map_or(0, |s| s.len() * (out.len() - 1));
+        let res = self.write(op, &out, sep).await;
+        // Keep the vector's allocation for the next batch only while it is small.
+        self.out = out;
+        self.out.clear();
+        if self.out.capacity() > MAX_COALESCE {
+            self.out = Vec::new();
+        }
+        if res.is_none() {
+            self.st.meters.bytes_out.increment(len as u64);
+            self.st.meters.frames_out.increment(1);
+        }
+        res
+    }
+
+    /// Writes one message within `client.write_timeout`.
+    async fn write(
+        &mut self,
+        op: OpCode,
+        parts: &[Bytes],
+        sep: Option<&'static [u8]>,
+    ) -> Option<Disconnect> {
+        let timeout = self.st.node.config().client.write_timeout;
+        match ready_or_timeout(timeout, self.ws.send(op, parts, sep)).await {
+            Ok(Ok(())) => None,
+            Ok(Err(_broken)) => Some(codes::DISCONNECT_WRITE_ERROR.into()),
             Err(_elapsed) => Some(codes::DISCONNECT_SLOW.into()),
         }
     }
 
-    async fn finish(mut self, exit: Exit) {
-        if let Some(ws) = self.ws.take() {
-            let reason = match &exit {
-                Exit::Gone => None,
-                Exit::ClientClosed => Some(None),
-                Exit::Disconnect(d) => {
-                    metrics::counter!(m::DISCONNECTS_TOTAL, "code" => d.code.to_string())
-                        .increment(1);
-                    Some(Some(CloseReason {
-                        code: CloseCode::Other(d.code),
-                        description: Some(d.reason.clone()),
-                    }))
-                }
-            };
-            if let Some(reason) = reason {
-                let _ = ws.close(reason).await;
+    async fn finish(mut self: Box<Self>, exit: Exit) {
+        let close = match &exit {
+            Exit::Gone => None,
+            Exit::ClientClosed => Some(None),
+            Exit::Disconnect(d) => {
+                metrics::counter!(m::DISCONNECTS_TOTAL, "code" => d.code.to_string()).increment(1);
+                Some(Some((d.code, d.reason.as_str())))
             }
+        };
+        if let Some(code) = close {
+            // What is queued (a slow client's backlog) goes first; the close frame gets
+            // its own time limit so that a client that never reads cannot hold the
+            // connection open.
+            let limit = self
+                .st
+                .node
+                .config()
+                .client
+                .write_timeout
+                .max(CLOSE_TIMEOUT);
+            let _ = tokio::time::timeout(limit, self.ws.close(code)).await;
         }
+        self.out = Vec::new();
         if let Some(conn) = self.conn.take() {
             for (channel, sub) in conn.subs {
                 self.release(&conn.handle, &conn.conn_info, &channel, &sub)
@@ -447,8 +460,18 @@ impl Session {
             }
             self.st.node.remove_conn(&conn.handle);
         }
+        self.queue_rx = None;
+        self.control_rx = None;
+        if close.is_some() {
+            // Wait for the client to close its side before the socket is dropped.
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.drain_input()).await;
+        }
     }
 }
+
+/// How long a closing connection waits for its close frame to go out and for the
+/// client to close its side.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs `fut` with a time limit, arming the timer only if the first poll is pending.
 ///
@@ -463,22 +486,15 @@ async fn ready_or_timeout<F: std::future::Future>(
     let first = std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx))).await;
     match first {
         std::task::Poll::Ready(out) => Ok(out),
-        std::task::Poll::Pending => tokio::time::timeout(limit, fut).await,
+        // Boxed: the timer is large and only a write that waits needs it.
+        std::task::Poll::Pending => Box::pin(tokio::time::timeout(limit, fut)).await,
     }
 }
 
 /// The close code for a frame the WebSocket layer rejected.
-fn protocol_error(e: &ProtocolError) -> Disconnect {
+fn wire_error(e: &WireError) -> Disconnect {
     match e {
-        ProtocolError::Overflow => codes::DISCONNECT_MESSAGE_SIZE_LIMIT.into(),
-        // actix-ws reports a fragmented message over the limit only as an
-        // `io::ErrorKind::Other` with this text (tests/bad_input.rs guards the mapping).
-        ProtocolError::Io(io)
-            if io.kind() == std::io::ErrorKind::Other
-                && io.to_string().contains("continuation size") =>
-        {
-            codes::DISCONNECT_MESSAGE_SIZE_LIMIT.into()
-        }
-        _ => codes::DISCONNECT_BAD_REQUEST.into(),
+        WireError::TooBig => codes::DISCONNECT_MESSAGE_SIZE_LIMIT.into(),
+        WireError::Malformed => codes::DISCONNECT_BAD_REQUEST.into(),
     }
 }
