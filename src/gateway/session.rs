@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use actix_http::ws::OpCode;
 use bytes::Bytes;
-use tokio::sync::mpsc;
 use tokio::time::sleep_until;
 
 use super::ratelimit::TokenBucket;
@@ -19,6 +18,7 @@ use super::GatewayState;
 use crate::auth::now_unix;
 use crate::metrics as m;
 use crate::node::conn::{ConnHandle, Control, Disconnect, Outbound};
+use crate::node::mailbox::{ControlRx, QueueRx};
 use crate::protocol::codec::{self, decode_json_commands, decode_protobuf_commands};
 use crate::protocol::codes;
 use crate::protocol::messages::Command;
@@ -63,8 +63,8 @@ pub(super) struct Session {
     pub(super) format: Format,
     ws: WsConn,
     pub(super) conn: Option<Connected>,
-    pub(super) queue_rx: Option<mpsc::Receiver<Outbound>>,
-    pub(super) control_rx: Option<mpsc::UnboundedReceiver<Control>>,
+    pub(super) queue_rx: Option<QueueRx>,
+    pub(super) control_rx: Option<ControlRx>,
     pub(super) bucket: TokenBucket,
     /// Encoded replies and pushes waiting for the next write.
     pub(super) out: Vec<Bytes>,
@@ -73,14 +73,14 @@ pub(super) struct Session {
     pong_deadline: Option<Instant>,
 }
 
-async fn recv_queue(rx: &mut Option<mpsc::Receiver<Outbound>>) -> Option<Outbound> {
+async fn recv_queue(rx: &mut Option<QueueRx>) -> Option<Outbound> {
     match rx {
         Some(r) => r.recv().await,
         None => std::future::pending().await,
     }
 }
 
-async fn recv_control(rx: &mut Option<mpsc::UnboundedReceiver<Control>>) -> Option<Control> {
+async fn recv_control(rx: &mut Option<ControlRx>) -> Option<Control> {
     match rx {
         Some(r) => r.recv().await,
         None => std::future::pending().await,
@@ -304,7 +304,7 @@ impl Session {
                 }
             }
             item = if n < MAX_COALESCE {
-                self.queue_rx.as_mut().and_then(|rx| rx.try_recv().ok())
+                self.queue_rx.as_mut().and_then(QueueRx::try_recv)
             } else {
                 None
             };
@@ -439,6 +439,7 @@ impl Session {
                 Some(Some((d.code, d.reason.as_str())))
             }
         };
+        let mut closed = false;
         if let Some(code) = close {
             // What is queued (a slow client's backlog) goes first; the close frame gets
             // its own time limit so that a client that never reads cannot hold the
@@ -450,7 +451,8 @@ impl Session {
                 .client
                 .write_timeout
                 .max(CLOSE_TIMEOUT);
-            let _ = tokio::time::timeout(limit, self.ws.close(code)).await;
+            let sent = tokio::time::timeout(limit, self.ws.close(code)).await;
+            closed = matches!(sent, Ok(Ok(())));
         }
         self.out = Vec::new();
         if let Some(conn) = self.conn.take() {
@@ -462,7 +464,7 @@ impl Session {
         }
         self.queue_rx = None;
         self.control_rx = None;
-        if close.is_some() {
+        if closed {
             // Wait for the client to close its side before the socket is dropped.
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.drain_input()).await;
         }

@@ -3,15 +3,16 @@
 //! The session task owns the socket; everything else reaches the connection through
 //! this handle. Data goes through a bounded queue (a slow reader fills it and is then
 //! disconnected, so it never slows anyone else); control messages go through an
-//! unbounded channel that only ever carries a handful of items per connection.
+//! unbounded queue that only ever carries a handful of items per connection. Both are
+//! in one [`Mailbox`](super::mailbox), which holds no memory while they are empty.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
+use super::mailbox::{ControlRx, Mailbox, Pushed, QueueRx};
 use super::revocation::TokenMeta;
 use crate::metrics as m;
 use crate::protocol::codes::{self, DisconnectCode};
@@ -85,8 +86,7 @@ pub struct ConnHandle {
     pub client: Arc<str>,
     pub user: Arc<str>,
     pub format: Format,
-    queue: mpsc::Sender<Outbound>,
-    control: mpsc::UnboundedSender<Control>,
+    mailbox: Arc<Mailbox>,
     /// Set once a disconnect was requested, so that a burst of full-queue events sends
     /// one disconnect and not thousands.
     closing: AtomicBool,
@@ -96,8 +96,8 @@ pub struct ConnHandle {
 }
 
 pub struct ConnReceivers {
-    pub queue: mpsc::Receiver<Outbound>,
-    pub control: mpsc::UnboundedReceiver<Control>,
+    pub queue: QueueRx,
+    pub control: ControlRx,
 }
 
 impl ConnHandle {
@@ -108,15 +108,13 @@ impl ConnHandle {
         format: Format,
         queue_len: usize,
     ) -> (Arc<Self>, ConnReceivers) {
-        let (qtx, qrx) = mpsc::channel(queue_len);
-        let (ctx, crx) = mpsc::unbounded_channel();
+        let (mailbox, qrx, crx) = Mailbox::new(queue_len);
         let h = Arc::new(ConnHandle {
             seq,
             client,
             user,
             format,
-            queue: qtx,
-            control: ctx,
+            mailbox,
             closing: AtomicBool::new(false),
             token: parking_lot::Mutex::new(TokenMeta::default()),
         });
@@ -131,24 +129,23 @@ impl ConnHandle {
 
     /// Queues a frame without waiting; a full queue disconnects the connection as slow.
     pub fn deliver(&self, item: Outbound) {
-        match self.queue.try_send(item) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
+        match self.mailbox.push(item) {
+            Pushed::Queued | Pushed::Closed => {}
+            Pushed::Full => {
                 metrics::counter!(m::QUEUE_DROPPED_TOTAL).increment(1);
                 self.disconnect(codes::DISCONNECT_SLOW.into());
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 
     pub fn disconnect(&self, d: Disconnect) {
         if !self.closing.swap(true, Ordering::AcqRel) {
-            let _ = self.control.send(Control::Disconnect(d));
+            self.mailbox.push_control(Control::Disconnect(d));
         }
     }
 
     pub fn control(&self, c: Control) {
-        let _ = self.control.send(c);
+        self.mailbox.push_control(c);
     }
 
     /// Records the token the connection (re)authenticated with.

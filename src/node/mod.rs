@@ -13,6 +13,7 @@ pub mod channels;
 pub mod cluster;
 pub mod conn;
 pub mod locks;
+pub mod mailbox;
 pub mod observer;
 pub mod registry;
 pub mod revocation;
