@@ -6,7 +6,8 @@
 #   scripts/bench-profile.sh broadcast     # 500 subscribers of one channel, 50 publications/s, 20 s
 #   scripts/bench-profile.sh chat          # 500 clients in rooms of 10, 250 publications/s, 20 s
 #
-# Environment: CLIENTS, RATE, DURATION, OUT (default target/bench/profile-<scenario>-<time>).
+# Environment: CLIENTS, RATE, DURATION, OUT (default target/bench/profile-<scenario>-<time>),
+# HERALD_BIN (default target/release/herald: another build to compare against).
 # Callgrind slows Herald down 20-50 times, so the load is far below the benchmarks';
 # the profile shows where instructions go per publication and per delivery, not
 # throughput. Loopback only.
@@ -26,7 +27,7 @@ SECRET=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 KEY=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 HERALD_HTTP__ADDR="127.0.0.1:$PORT" HERALD_API__KEY="$KEY" HERALD_AUTH__HMAC_SECRET="$SECRET" \
   valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" --dump-instr=no \
-  target/release/herald serve --config loadtest/peers/herald/bench.toml >"$OUT/herald.log" 2>&1 &
+  "${HERALD_BIN:-target/release/herald}" serve --config loadtest/peers/herald/bench.toml >"$OUT/herald.log" 2>&1 &
 VG=$!
 trap 'kill $VG 2>/dev/null || true' EXIT
 peer_wait_port "$PORT" "$VG" "$OUT/herald.log"
