@@ -4,9 +4,11 @@
 //! per-channel lists, and a master restart.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::tests::{attach, broker_with, config, conformance, data, eventually, HIST};
+use super::tests::{attach, broker_with, config, conformance, data, eventually, Seen, HIST};
+use super::RedisBroker;
 use crate::broker::{Broker, HistoryFilter, PersistedSequencer};
 use crate::cluster::testing::RedisCluster;
 use crate::protocol::messages::StreamPosition;
@@ -187,44 +189,44 @@ async fn sharded_subscriptions_survive_a_master_restart() {
     .await;
 }
 
-/// A resharding moves a subscribed channel's slot (with its keys) to another master:
-/// the nodes notice the new topology, the subscription follows the slot and is
-/// reported interrupted, publishing resumes with the next offset, and delivery goes on.
-#[tokio::test]
-async fn subscriptions_follow_a_moved_slot() {
-    let cluster = RedisCluster::start(3);
-    let a = broker_with(cluster_config(&cluster.url(), "m")).await;
-    let b = broker_with(cluster_config(&cluster.url(), "m")).await;
+/// Two brokers (two nodes) on `seeds`; `b` subscribed to `ch`, which already carries
+/// three publications from `a`.
+async fn subscribed_with_three(
+    seeds: &str,
+    prefix: &str,
+    ch: &str,
+) -> (Arc<RedisBroker>, Arc<RedisBroker>, Arc<Seen>) {
+    let a = broker_with(cluster_config(seeds, prefix)).await;
+    let b = broker_with(cluster_config(seeds, prefix)).await;
     let seen = attach(&b);
-    let ch = "room:moving";
     b.subscribe(ch).await.unwrap();
     for i in 1..=3 {
         a.publish(ch, data(i), HIST).await.unwrap();
     }
     eventually("three deliveries", || seen.pubs.lock().len() == 3).await;
+    (a, b, seen)
+}
 
-    let port = |name: &str| {
-        name.rsplit(':')
-            .next()
-            .and_then(|p| p.parse::<u16>().ok())
-            .unwrap()
-    };
-    let from = port(&a.redis.shard_for(ch).name);
-    let to = cluster
-        .nodes
-        .iter()
-        .map(|n| n.port())
-        .find(|p| *p != from)
-        .unwrap();
-    cluster.move_slot(crate::cluster::slots::name_slot(ch), from, to);
+/// The port of the master a broker sends `ch` to.
+fn master_port(broker: &RedisBroker, ch: &str) -> u16 {
+    let name = broker.redis.shard_for(ch).name.clone();
+    match name.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()) {
+        Some(p) => p,
+        None => panic!("no port in {name}"),
+    }
+}
 
+/// After `ch`'s slot moved to the master on `now_on`: `b`'s subscription followed it
+/// and was reported interrupted, `a`'s next publication (once `a` has seen the new
+/// topology; until then its publishes fail with MOVED, never silently) continues the
+/// sequence at 4 and reaches `b`, and history holds all four.
+async fn continues_on(a: &RedisBroker, b: &RedisBroker, seen: &Seen, ch: &str, now_on: u16) {
     eventually("the interruption report", || {
         seen.interrupted.lock().iter().any(|c| c == ch)
     })
     .await;
-    assert_eq!(port(&b.redis.shard_for(ch).name), to, "b follows the slot");
-    // a notices within its refresh period: until then its publishes fail (MOVED).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    assert_eq!(master_port(b, ch), now_on, "b follows the slot");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     let next = loop {
         match a.publish(ch, data(4), HIST).await {
             Ok(p) => break p,
@@ -249,11 +251,29 @@ async fn subscriptions_follow_a_moved_slot() {
     );
 }
 
+/// A resharding moves a subscribed channel's slot (with its keys) to another master:
+/// the nodes notice the new topology, the subscription follows the slot and is
+/// reported interrupted, publishing resumes with the next offset, and delivery goes on.
+#[tokio::test]
+async fn subscriptions_follow_a_moved_slot() {
+    let cluster = RedisCluster::start(3);
+    let ch = "room:moving";
+    let (a, b, seen) = subscribed_with_three(&cluster.url(), "m", ch).await;
+    let from = master_port(&a, ch);
+    let to = cluster
+        .nodes
+        .iter()
+        .map(|n| n.port())
+        .find(|p| *p != from)
+        .unwrap();
+    cluster.move_slot(crate::cluster::slots::name_slot(ch), from, to);
+    continues_on(&a, &b, &seen, ch, to).await;
+}
+
 /// Failovers: the replica of the master serving a subscribed channel takes over,
 /// planned (`CLUSTER FAILOVER`) or because its master was SIGKILLed (elected after the
 /// cluster's node timeout). The nodes find the new master by their topology refresh,
-/// the subscription moves to it and is reported interrupted, the sequence continues
-/// from the replicated counter, and nothing replicated is lost.
+/// and everything `continues_on` checks holds: nothing replicated is lost.
 #[tokio::test]
 async fn subscriptions_follow_a_planned_failover() {
     failover(false).await;
@@ -271,23 +291,9 @@ async fn failover(kill: bool) {
         .map(|n| n.url())
         .collect::<Vec<_>>()
         .join(",");
-    let a = broker_with(cluster_config(&seeds, "f")).await;
-    let b = broker_with(cluster_config(&seeds, "f")).await;
-    let seen = attach(&b);
     let ch = "room:failing-over";
-    b.subscribe(ch).await.unwrap();
-    for i in 1..=3 {
-        a.publish(ch, data(i), HIST).await.unwrap();
-    }
-    eventually("three deliveries", || seen.pubs.lock().len() == 3).await;
-
-    let port = |name: &str| {
-        name.rsplit(':')
-            .next()
-            .and_then(|p| p.parse::<u16>().ok())
-            .unwrap()
-    };
-    let old = port(&a.redis.shard_for(ch).name);
+    let (a, b, seen) = subscribed_with_three(&seeds, "f", ch).await;
+    let old = master_port(&a, ch);
     let replica = cluster.replica_of(old);
     if kill {
         // Asynchronous replication: what the replica had not received would be lost,
@@ -301,37 +307,5 @@ async fn failover(kill: bool) {
     } else {
         cluster.fail_over_to(replica);
     }
-
-    eventually("the interruption report", || {
-        seen.interrupted.lock().iter().any(|c| c == ch)
-    })
-    .await;
-    assert_eq!(
-        port(&b.redis.shard_for(ch).name),
-        replica,
-        "b follows the new master"
-    );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    let next = loop {
-        match a.publish(ch, data(4), HIST).await {
-            Ok(p) => break p,
-            Err(e) => {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "publish after the failover: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
-    assert_eq!(next.offset, 4, "the replica had the sequence");
-    eventually("the delivery after the failover", || {
-        seen.pubs.lock().iter().any(|p| p.1 == 4)
-    })
-    .await;
-    let (pubs, _) = b.history(ch, HistoryFilter::default()).await.unwrap();
-    assert_eq!(
-        pubs.iter().map(|p| p.offset).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4]
-    );
+    continues_on(&a, &b, &seen, ch, replica).await;
 }
