@@ -51,6 +51,18 @@ enum Command {
         #[arg(long)]
         config: Option<String>,
     },
+    /// Move an embedded node's push devices, mutes and queued pushes into Redis, for a
+    /// deployment switching to cluster mode (broker.kind = "redis"), then exit.
+    ///
+    /// Reads store.path/push.db (or --from). Run it with that node stopped; running it
+    /// again is harmless (devices keep their ids).
+    PushImport {
+        #[arg(long)]
+        config: Option<String>,
+        /// The push store to read (default: store.path/push.db).
+        #[arg(long)]
+        from: Option<String>,
+    },
     /// Validate a config file (with the environment applied) and exit.
     CheckConfig { file: String },
     /// Print the version.
@@ -115,6 +127,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             println!("{}", rt.block_on(herald::app::migrate(&cfg))?);
+            Ok(())
+        }
+        Command::PushImport { config, from } => {
+            let cfg = Config::load(config.as_deref())?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let done = rt
+                .block_on(herald::push::import::from_file(
+                    &cfg,
+                    from.as_deref().map(std::path::Path::new),
+                ))
+                .map_err(anyhow::Error::msg)?;
+            println!(
+                "imported {} devices, {} mutes, {} queued pushes",
+                done.devices, done.mutes, done.queued
+            );
             Ok(())
         }
         Command::CheckConfig { file } => {

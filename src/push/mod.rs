@@ -27,6 +27,7 @@ pub mod dispatcher;
 pub mod fallback;
 pub mod fcm;
 mod http;
+pub mod import;
 pub mod message;
 pub mod queue;
 pub mod redis_devices;

@@ -79,6 +79,21 @@ fn open_conn(path: &Path, sync_full: bool) -> rusqlite::Result<Connection> {
 }
 
 impl SqlitePushStore {
+    /// Every mute still in force, as `(user, channel, until_ms)`: for `herald
+    /// push-import`, which moves them to the shared registry of cluster mode.
+    pub async fn mutes(&self) -> Result<Vec<(String, String, Option<i64>)>, PushStoreError> {
+        let now = now_ms();
+        self.op(move |c| {
+            let mut st = c.prepare(
+                "SELECT user, channel, until_ms FROM push_mutes
+                 WHERE until_ms IS NULL OR until_ms > ?1 ORDER BY user, channel",
+            )?;
+            let rows = st.query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
     /// Opens (creating if needed) the file, applies migrations, starts the thread.
     pub fn open(options: PushSqliteOptions) -> Result<SqlitePushStore, PushStoreError> {
         let fail = |e: &dyn std::fmt::Display| {
