@@ -254,8 +254,12 @@ impl Session {
                     return Err(codes::ERROR_LIMIT_EXCEEDED.into());
                 }
                 // Without a cap presence is best effort; with one, a limit that cannot
-                // be checked refuses the subscription.
-                Err(e) if opts.max_presence_size > 0 => return Err(e.into()),
+                // be checked refuses the subscription (and takes back an entry the
+                // script may have written before its answer was lost).
+                Err(e) if opts.max_presence_size > 0 => {
+                    self.drop_presence(opts, channel, &info.client).await;
+                    return Err(e.into());
+                }
                 Err(e) => tracing::warn!(cause = %e, channel, "presence add failed"),
             }
         }

@@ -304,8 +304,9 @@ async fn refresh_loop(inner: Arc<Inner>, stop: CancellationToken) {
 
 #[async_trait]
 impl PresenceManager for RedisPresence {
-    /// Remembered before writing, so that an entry added during an outage reaches
-    /// Redis at the next refresh.
+    /// Without a limit, an entry whose write failed (an outage) is remembered anyway
+    /// and reaches Redis at the next refresh. With one, only what Redis admitted is
+    /// remembered: the caller refuses the subscription when the write failed.
     async fn add(
         &self,
         channel: &str,
@@ -326,13 +327,13 @@ impl PresenceManager for RedisPresence {
             .arg(r::now_ms())
             .arg(me.ttl.as_millis() as u64);
         let mut conn = me.redis.shard_for(channel).conn.clone();
-        let added: i64 = me
+        let added = me
             .redis
-            .run("presence", inv.invoke_async(&mut conn))
+            .run("presence", inv.invoke_async::<i64>(&mut conn))
             .await
-            .map_err(unavailable)?;
-        if added == 1 {
-            // The refresher rewrites what this map holds: only what Redis accepted.
+            .map_err(unavailable);
+        // The refresher rewrites what this map holds.
+        if matches!(added, Ok(1)) || (added.is_err() && limit == 0) {
             me.local
                 .presence(channel)
                 .lock()
@@ -340,7 +341,7 @@ impl PresenceManager for RedisPresence {
                 .or_default()
                 .insert(info.client.clone(), info);
         }
-        Ok(added == 1)
+        Ok(added? == 1)
     }
 
     async fn remove(&self, channel: &str, client_id: &str) -> Result<(), PresenceError> {
@@ -547,6 +548,38 @@ mod tests {
             b.add_connection("alice", "9", 1).await.unwrap(),
             "a's slot expired"
         );
+    }
+
+    /// An entry added while Redis is down (the subscription goes ahead without a cap)
+    /// reaches Redis once it is back; a capped add that failed is not remembered.
+    #[tokio::test]
+    async fn an_entry_added_during_an_outage_arrives_later() {
+        let mut server = RedisServer::start();
+        let ttl = Duration::from_millis(600);
+        let p = connect(&server.url(), "outage", ttl).await;
+        let info = |client: &str| ClientInfo {
+            user: "alice".into(),
+            client: client.into(),
+            ..Default::default()
+        };
+        server.kill();
+        assert!(p.add("room", info("1"), 0).await.is_err());
+        assert!(p.add("room", info("2"), 5).await.is_err());
+        server.restart();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(m) = p.presence("room").await {
+                if !m.is_empty() {
+                    assert_eq!(m.keys().collect::<Vec<_>>(), vec!["1"]);
+                    break;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the entry never reached Redis"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// After Redis restarts empty, the refresher writes this node's entries back.
