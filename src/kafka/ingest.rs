@@ -404,8 +404,11 @@ fn stop_all(parts: &[Arc<Partition>]) {
     for p in parts {
         p.stop();
     }
+    // One deadline for all: waiting WORKER_STOP_WAIT per stuck partition could keep
+    // the poll thread past max.poll.interval.ms and cost the whole assignment.
+    let deadline = Instant::now() + WORKER_STOP_WAIT;
     for p in parts {
-        if !p.wait_exited(WORKER_STOP_WAIT) {
+        if !p.wait_exited(deadline.saturating_duration_since(Instant::now())) {
             tracing::warn!(topic = %p.topic, partition = p.partition, "kafka worker still applying a record; not waiting longer");
         }
         drop(p.take_source());

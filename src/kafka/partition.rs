@@ -296,9 +296,20 @@ impl Applier {
             let outcome = match &command {
                 Err(invalid) => Outcome::Invalid(invalid.clone()),
                 Ok(cmd) => {
-                    let Ok(_permit) = self.permits.acquire().await else {
+                    // A stopped partition may already belong to another owner (the
+                    // revoke gave up waiting and committed): applying the record after
+                    // that could put it behind later ones. So the wait for a permit ends
+                    // with the stop, and nothing starts once stopped.
+                    let permit = tokio::select! {
+                        p = self.permits.acquire() => p,
+                        _ = part.stop.cancelled() => return false,
+                    };
+                    let Ok(_permit) = permit else {
                         return false;
                     };
+                    if part.stop.is_cancelled() {
+                        return false;
+                    }
                     record::classify(cmd.method, call(&self.node, cmd.method, &cmd.payload).await)
                 }
             };
