@@ -117,6 +117,37 @@ fn announced_len(src: &[u8]) -> Option<u64> {
     }
 }
 
+/// Whether `src` holds a whole frame: header, mask and the payload it announces.
+/// Until then nothing is handed to the parser, which would reserve the announced
+/// length at once (a 14-byte header announcing 64 KiB would pin 64 KiB to an idle
+/// connection); the buffer grows only with bytes that arrived.
+fn whole_frame(src: &[u8]) -> bool {
+    let (Some(second), Some(len)) = (src.get(1), announced_len(src)) else {
+        return false;
+    };
+    let ext = match second & 0x7f {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    let mask = if second & 0x80 != 0 { 4 } else { 0 };
+    src.len() as u64 >= 2 + ext + mask + len
+}
+
+/// RFC 6455 5.5.1 / 7.4: an empty close payload, or a 2-byte code a peer may send
+/// followed by a UTF-8 reason.
+fn valid_close(payload: &[u8]) -> bool {
+    match payload {
+        [] => true,
+        [hi, lo, reason @ ..] => {
+            let code = u16::from_be_bytes([*hi, *lo]);
+            matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
+                && std::str::from_utf8(reason).is_ok()
+        }
+        [_] => false,
+    }
+}
+
 impl WsConn {
     /// `leftover`: bytes read past the handshake (frames the client sent at once).
     pub(super) fn new(io: Box<dyn Io>, leftover: &[u8], max: usize) -> Self {
@@ -191,6 +222,9 @@ impl WsConn {
         if announced_len(&self.inbuf).is_some_and(|n| n > self.max as u64) {
             return Err(WireError::TooBig);
         }
+        if !whole_frame(&self.inbuf) {
+            return Ok(Parsed::Incomplete);
+        }
         let parsed = Parser::parse(&mut self.inbuf, true, self.max).map_err(|e| match e {
             actix_http::ws::ProtocolError::Overflow => WireError::TooBig,
             _ => WireError::Malformed,
@@ -200,9 +234,14 @@ impl WsConn {
         };
         let payload = payload.unwrap_or_default();
         self.release_inbuf();
+        // Control frames are never fragmented (RFC 6455 5.5).
+        if !fin && matches!(op, OpCode::Ping | OpCode::Pong | OpCode::Close) {
+            return Err(WireError::Malformed);
+        }
         match op {
             OpCode::Ping => Ok(Parsed::Message(WsMessage::Ping(payload.freeze()))),
             OpCode::Pong => Ok(Parsed::Message(WsMessage::Pong)),
+            OpCode::Close if !valid_close(&payload) => Err(WireError::Malformed),
             OpCode::Close => Ok(Parsed::Message(WsMessage::Close)),
             OpCode::Text | OpCode::Binary => {
                 if self.partial.is_some() {
@@ -428,6 +467,7 @@ fn chunk<'a>(hdr: &'a [u8], parts: &'a [Bytes], sep: &'static [u8], i: usize) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
 
     /// A masked client frame.
@@ -528,6 +568,37 @@ mod tests {
         }
     }
 
+    /// A header announcing a large frame allocates nothing until the bytes arrive; a
+    /// valid close with a code and reason is a close.
+    #[tokio::test]
+    async fn announced_lengths_are_not_reserved_ahead() {
+        let (mut client, server) = duplex(1 << 17);
+        let mut ws = WsConn::new(Box::new(server), &[], 1 << 16);
+        let frame = client_frame(OpCode::Binary, true, &vec![7; 60_000]);
+        client.write_all(&frame[..14]).await.unwrap();
+        let pending = tokio::time::timeout(Duration::from_millis(50), ws.recv()).await;
+        assert!(pending.is_err(), "no message from a header alone");
+        assert!(
+            ws.inbuf.capacity() < 1024,
+            "buffer reserved {} bytes for a frame that has not arrived",
+            ws.inbuf.capacity()
+        );
+        client.write_all(&frame[14..]).await.unwrap();
+        match ws.recv().await.unwrap().unwrap() {
+            WsMessage::Binary(b) => assert_eq!(b.len(), 60_000),
+            other => panic!("{other:?}"),
+        }
+        let close = [&1000u16.to_be_bytes()[..], b"bye"].concat();
+        client
+            .write_all(&client_frame(OpCode::Close, true, &close))
+            .await
+            .unwrap();
+        assert!(matches!(
+            ws.recv().await.unwrap().unwrap(),
+            WsMessage::Close
+        ));
+    }
+
     #[tokio::test]
     async fn oversize_is_refused_from_the_header() {
         let (mut client, server) = duplex(1024);
@@ -567,6 +638,24 @@ mod tests {
             ),
             // Unmasked client frame.
             (vec![0x81, 0x01, b'a'], WireError::Malformed),
+            // A fragmented control frame.
+            (
+                client_frame(OpCode::Ping, false, b"p"),
+                WireError::Malformed,
+            ),
+            // Close payloads: one byte, a code no peer may send, a reason not UTF-8.
+            (
+                client_frame(OpCode::Close, true, &[3]),
+                WireError::Malformed,
+            ),
+            (
+                client_frame(OpCode::Close, true, &1005u16.to_be_bytes()),
+                WireError::Malformed,
+            ),
+            (
+                client_frame(OpCode::Close, true, &[0x03, 0xe8, 0xff]),
+                WireError::Malformed,
+            ),
         ];
         for (bytes, want) in cases {
             let (mut client, server) = duplex(1024);
