@@ -196,6 +196,28 @@ impl SqliteStore {
         .map_err(unavailable)?
     }
 
+    /// A history page and the position it is answered with, from one read transaction
+    /// (one WAL snapshot): a channel expired and re-created with a new epoch between two
+    /// separate reads would otherwise answer new-epoch rows with the old epoch. `None`
+    /// when the channel has no row yet.
+    async fn page(
+        self: &Arc<Self>,
+        channel: &str,
+        filter: HistoryFilter,
+    ) -> Result<PageRead, StoreError> {
+        let ch = channel.to_string();
+        self.read(move |c| {
+            let tx = c.unchecked_transaction()?;
+            let Some(top) = read_position(&tx, &ch)? else {
+                return Ok(None);
+            };
+            let pubs = read_history(&tx, &ch, &filter, &top);
+            tx.finish()?;
+            Ok(Some((pubs, top)))
+        })
+        .await
+    }
+
     /// The channel's epoch and top, creating the channel's row if it has none yet (so
     /// that an empty channel already has the epoch its first messages will carry).
     async fn position(self: &Arc<Self>, channel: &str) -> Result<StreamPosition, StoreError> {
@@ -252,6 +274,9 @@ fn query_pubs(
     })?;
     rows.collect()
 }
+
+/// What [`SqliteStore::page`] read: the page (or why there is none) and the position.
+type PageRead = Option<(Result<Vec<Publication>, StoreError>, StreamPosition)>;
 
 /// Reads a page of history. Runs on a read connection.
 ///
@@ -341,13 +366,15 @@ impl MessageStore for Arc<SqliteStore> {
         channel: &str,
         filter: HistoryFilter,
     ) -> Result<(Vec<Publication>, StreamPosition), StoreError> {
-        let top = self.position(channel).await?;
-        let ch = channel.to_string();
-        let top2 = top.clone();
-        let pubs = self
-            .read(move |c| Ok(read_history(c, &ch, &filter, &top2)))
-            .await??;
-        Ok((pubs, top))
+        if let Some((pubs, top)) = self.page(channel, filter.clone()).await? {
+            return Ok((pubs?, top));
+        }
+        // A channel never written: create its row (and epoch), then read again.
+        self.position(channel).await?;
+        match self.page(channel, filter).await? {
+            Some((pubs, top)) => Ok((pubs?, top)),
+            None => Err(unavailable("channel row missing after creating it")),
+        }
     }
 
     async fn remove_history(&self, channel: &str) -> Result<(), StoreError> {
