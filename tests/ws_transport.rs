@@ -127,8 +127,13 @@ async fn requests_that_are_not_a_websocket_upgrade_get_http_errors() {
     let (head, _) = read_head(&mut s).await;
     assert_eq!(status(&head), "404", "{head}");
 
-    // `Upgrade: websocket` without `Connection: upgrade`, and without a version.
+    // `Upgrade: websocket` without `Connection: upgrade`, without a version, and an
+    // `Upgrade` header that only lists websocket (the HTTP layer passes it to
+    // actix-web's route instead of the upgrade hook).
     for req in [
+        "GET /connection/websocket HTTP/1.1\r\nhost: h\r\nupgrade: websocket, foo\r\n\
+         connection: upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         sec-websocket-version: 13\r\n\r\n",
         "GET /connection/websocket HTTP/1.1\r\nhost: h\r\nupgrade: websocket\r\n\
          sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
         "GET /connection/websocket HTTP/1.1\r\nhost: h\r\nupgrade: websocket\r\n\

@@ -147,6 +147,8 @@ pub async fn endpoint(
     if let Err(e) = actix_http::ws::verify_handshake(req.head()) {
         return Ok(HttpResponse::from(actix_http::Response::from(e)));
     }
-    // Only reachable if the upgrade hook is not installed.
-    Ok(HttpResponse::NotImplemented().finish())
+    // The HTTP layer hands a request to the upgrade hook only when its `Upgrade`
+    // header is exactly `websocket`; one that merely lists it (`websocket, foo`) passes
+    // the check above and lands here. Refused like any other malformed handshake.
+    Ok(HttpResponse::BadRequest().body("Upgrade: websocket expected"))
 }
