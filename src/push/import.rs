@@ -135,8 +135,8 @@ mod tests {
     use super::*;
     use crate::cluster::testing::RedisServer;
     use crate::push::devices::Platform;
-    use crate::push::message::Notification;
     use crate::push::now_ms;
+    use crate::push::queue_conformance::job;
 
     fn device(user: &str, provider: Provider, token: &str) -> NewDevice {
         NewDevice {
@@ -151,19 +151,6 @@ mod tests {
             token: token.into(),
             topics: vec!["news".into()],
             meta: [("app".to_string(), "1.2".to_string())].into(),
-        }
-    }
-
-    fn job(token: &str, provider: Provider, title: &str) -> NewJob {
-        NewJob {
-            device_id: format!("dev-{token}"),
-            provider,
-            token: token.into(),
-            notification: Notification {
-                id: format!("n-{title}"),
-                title: title.into(),
-                ..Default::default()
-            },
         }
     }
 

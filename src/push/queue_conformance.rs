@@ -15,7 +15,8 @@ use super::*;
 /// The visibility timeout the Redis queue is opened with in these checks.
 pub const VISIBILITY: Duration = Duration::from_millis(500);
 
-fn job(token: &str, provider: Provider, title: &str) -> NewJob {
+/// A queued push for `token`, told apart by `title`.
+pub fn job(token: &str, provider: Provider, title: &str) -> NewJob {
     NewJob {
         device_id: format!("dev-{token}"),
         provider,

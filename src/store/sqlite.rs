@@ -280,10 +280,11 @@ type PageRead = Option<(Result<Vec<Publication>, StoreError>, StreamPosition)>;
 
 /// Reads a page of history. Runs on a read connection.
 ///
-/// Only up to `top`, the position read before: appends may commit between the two
-/// reads, and a page reaching past the position it is answered with would make a
-/// recovering subscriber get those publications twice (in the page, and live, since
-/// the session drops live ones only up to that position).
+/// Only up to `top`, the position the page is answered with: a page reaching past it
+/// would make a recovering subscriber get those publications twice (in the page, and
+/// live, since the session drops live ones only up to that position). `history` reads
+/// both in one snapshot, where no row is past `top` (an append moves `top` in its own
+/// transaction); the bound keeps that contract for any caller of this function.
 fn read_history(
     c: &Connection,
     channel: &str,
